@@ -1,0 +1,286 @@
+"""Settings from environment variables and `.env`, with profiles and secret redaction.
+
+A bad value stops start-up with one line naming the variable, the value and what is allowed
+(`ConfigError`). The profile (`MODE`) fills in the policy defaults; any single value can still be
+set on its own.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REDACTED = "***"
+
+# Policy defaults per profile. `research` widens what the conservative profile allows.
+PROFILES: dict[str, dict[str, Any]] = {
+    "conservative": {
+        "min_dte": 5.0,
+        "max_dte": 10.0,
+        "target_dte": 7.0,
+        "min_delta": 0.15,
+        "max_delta": 0.30,
+        "target_delta": 0.25,
+        "min_otm_pct": 2.0,
+        "min_premium": 0.003,
+        "min_annual_yield_pct": 15.0,
+        "max_spread_pct": 10.0,
+        "min_open_interest": 50.0,
+    },
+    "research": {
+        "min_dte": 1.0,
+        "max_dte": 30.0,
+        "target_dte": 7.0,
+        "min_delta": 0.05,
+        "max_delta": 0.45,
+        "target_delta": 0.25,
+        "min_otm_pct": 0.0,
+        "min_premium": 0.001,
+        "min_annual_yield_pct": 5.0,
+        "max_spread_pct": 25.0,
+        "min_open_interest": 0.0,
+    },
+}
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class ConfigError(Exception):
+    """A bad configuration value; the message is one line meant for the operator."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, case_sensitive=False
+    )
+
+    # Exchange
+    exchange: Literal["paper", "deribit"] = "paper"
+    deribit_base_url: str = "https://test.deribit.com"
+    deribit_client_id: SecretStr | None = None
+    deribit_client_secret: SecretStr | None = None
+    underlying: Literal["BTC", "ETH"] = "BTC"
+    dry_run: bool | None = None  # None: true for deribit, false for paper
+
+    # Paper exchange (EXCHANGE=paper). With PAPER_EXCHANGE_URL set, the bot talks to a paper
+    # exchange served by `chatops paper-exchange`; otherwise it runs one in process.
+    paper_exchange_url: str | None = None
+    paper_state_path: str | None = None  # default data/paper_exchange_<UNDERLYING>.json
+    paper_seed: int = 7
+    paper_equity: float = Field(1.0, ge=0)
+    paper_speed: float | None = Field(None, gt=0)  # simulated clock speed factor; None = wall time
+    paper_client_secret: SecretStr | None = None
+
+    # Brains
+    llm_enabled: bool = False
+    decision_mode: Literal["rule", "llm", "shadow"] | None = None  # None: from LLM_ENABLED
+    llm_model_name: str = "gpt-4.1-mini"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    llm_timeout_sec: float = Field(30.0, gt=0, le=600)
+    llm_daily_token_budget: int = Field(200_000, ge=0)
+    llm_fallback_alert_pct: float = Field(30.0, ge=0, le=100)
+    llm_price_in_per_mtok: float = Field(0.40, ge=0)
+    llm_price_out_per_mtok: float = Field(1.60, ge=0)
+
+    # Policy profile and its values (None: from the profile)
+    mode: Literal["conservative", "research"] = "conservative"
+    min_dte: float | None = Field(None, ge=0)
+    max_dte: float | None = Field(None, gt=0)
+    target_dte: float | None = Field(None, gt=0)
+    min_delta: float | None = Field(None, gt=0, lt=1)
+    max_delta: float | None = Field(None, gt=0, lt=1)
+    target_delta: float | None = Field(None, gt=0, lt=1)
+    min_otm_pct: float | None = Field(None, ge=0)
+    min_premium: float | None = Field(None, ge=0)
+    min_annual_yield_pct: float | None = Field(None, ge=0)
+    max_spread_pct: float | None = Field(None, gt=0)
+    min_open_interest: float | None = Field(None, ge=0)
+
+    # Managing an open call
+    close_capture_pct: float = Field(80.0, gt=0, le=100)
+    close_min_hours_left: float = Field(48.0, ge=0)
+    expire_hours: float = Field(24.0, ge=0)
+    expire_max_delta: float = Field(0.05, ge=0, lt=1)
+    roll_trigger_delta: float = Field(0.50, gt=0, lt=1)
+    roll_trigger_spot_pct: float = Field(98.0, gt=0)
+    roll_max_delta: float = Field(0.30, gt=0, lt=1)
+    max_rolls: int = Field(3, ge=0)
+    hysteresis_min: float = Field(60.0, ge=0)
+
+    # Sizing and risk
+    default_order_size: float = Field(0.1, gt=0)
+    max_margin_used_pct: float = Field(50.0, gt=0, le=100)
+    max_net_delta_abs: float = Field(1.0, ge=0)
+    max_expiry_exposure: float = Field(0.5, ge=0)
+    max_state_age_sec: float = Field(30.0, gt=0)
+    max_slippage_pct: float = Field(5.0, ge=0, le=100)
+
+    # Loop and approvals
+    loop_interval_sec: float = Field(300.0, ge=1)
+    approval_mode: Literal["manual", "auto"] = "manual"
+    approval_ttl_sec: float = Field(300.0, ge=5)
+    approvals_required: int = Field(1, ge=1, le=10)
+    max_price_drift_pct: float = Field(10.0, ge=0)
+    auto_approve_max_size: float | None = Field(None, gt=0)  # None: DEFAULT_ORDER_SIZE
+    database_path: str = "data/chatops.db"
+
+    # Channels
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = None
+    telegram_allowed_user_ids: CommaList = ()
+    telegram_api_base_url: str = "https://api.telegram.org/bot"
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_channel_id: str | None = None
+    slack_allowed_user_ids: CommaList = ()
+    slack_api_base_url: str | None = None
+    slack_http_port: int = Field(3000, ge=1, le=65535)
+    slack_command_prefix: str = ""  # e.g. "cc-" makes /cc-status, /cc-why ...
+    console_allowed_users: CommaList = ()  # empty: the current OS user
+    console_enabled: bool | None = None  # None: only when no chat channel is configured
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("telegram_allowed_user_ids", "slack_allowed_user_ids", "console_allowed_users", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(x.strip() for x in v.split(",") if x.strip())
+        return v
+
+    @field_validator("telegram_allowed_user_ids")
+    @classmethod
+    def _numeric_ids(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for x in v:
+            if not x.lstrip("-").isdigit():
+                raise ValueError("Telegram user ids are numbers, comma-separated")
+        return v
+
+    @field_validator("underlying", "log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("exchange", "mode", "approval_mode", "decision_mode", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        lowered = {str(k).lower(): v for k, v in data.items()}
+        profile = str(lowered.get("mode") or "conservative").lower()
+        if profile not in PROFILES:
+            return data  # the field validator reports it
+        out = dict(data)
+        for key, value in PROFILES[profile].items():
+            if lowered.get(key) in (None, ""):
+                out[key] = value
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.min_dte > self.max_dte:  # type: ignore[operator]
+            raise ValueError(f"MIN_DTE ({self.min_dte}) must not exceed MAX_DTE ({self.max_dte})")
+        if self.min_delta > self.max_delta:  # type: ignore[operator]
+            raise ValueError(f"MIN_DELTA ({self.min_delta}) must not exceed MAX_DELTA ({self.max_delta})")
+        if self.exchange == "deribit" and not self.effective_dry_run:
+            if not (self.deribit_client_id and self.deribit_client_secret):
+                raise ValueError("EXCHANGE=deribit with DRY_RUN=false needs DERIBIT_CLIENT_ID and DERIBIT_CLIENT_SECRET")
+        return self
+
+    # Derived values -----------------------------------------------------------------------
+
+    @property
+    def effective_dry_run(self) -> bool:
+        return self.dry_run if self.dry_run is not None else self.exchange == "deribit"
+
+    @property
+    def effective_decision_mode(self) -> str:
+        return self.decision_mode or ("llm" if self.llm_enabled else "rule")
+
+    @property
+    def effective_auto_max_size(self) -> float:
+        return self.auto_approve_max_size if self.auto_approve_max_size is not None else self.default_order_size
+
+    @property
+    def effective_paper_state_path(self) -> str:
+        return self.paper_state_path or str(Path("data") / f"paper_exchange_{self.underlying}.json")
+
+    @property
+    def effective_console_users(self) -> tuple[str, ...]:
+        return self.console_allowed_users or (getpass.getuser(),)
+
+    @property
+    def trading_tag(self) -> str:
+        """[PAPER], [DRY-RUN] or [LIVE]: what an approval would really do."""
+        if self.effective_dry_run:
+            return "[DRY-RUN]"
+        return "[PAPER]" if self.exchange == "paper" else "[LIVE]"
+
+    @property
+    def index_name(self) -> str:
+        return f"{self.underlying.lower()}_usd"
+
+    def secret(self, name: str) -> str | None:
+        """The plain value of a secret field, for the one place that must send it."""
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting, secrets replaced by '***' (or None when unset): safe to log and store."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[name] = REDACTED if value.get_secret_value() else None
+            elif isinstance(value, tuple):
+                out[name] = list(value)
+            else:
+                out[name] = value
+        out["effective_dry_run"] = self.effective_dry_run
+        out["effective_decision_mode"] = self.effective_decision_mode
+        return out
+
+    def __repr__(self) -> str:  # pydantic's repr already masks SecretStr; keep it short too
+        return f"Settings(exchange={self.exchange!r}, underlying={self.underlying!r}, mode={self.mode!r}, dry_run={self.effective_dry_run})"
+
+    __str__ = __repr__
+
+
+SECRET_FIELDS = frozenset(
+    name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)
+)
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read the settings; raise ConfigError with one line on the first bad value."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(x) for x in err.get("loc", ()) if not str(x).isdigit()]
+    name = loc[0].upper() if loc else ""
+    msg = err.get("msg", "invalid value")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if not name:  # a cross-field check: its message names the variables
+        return f"config error: {msg}"
+    value = err.get("input")
+    shown = REDACTED if name.lower() in SECRET_FIELDS else repr(value)
+    return f"config error: {name}={shown} is not allowed: {msg}"

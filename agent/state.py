@@ -1,0 +1,202 @@
+"""Build the agent's view of the world from the exchange in a handful of requests.
+
+Index price, instruments (cached), the whole option book in one `get_book_summary_by_currency`,
+the account summary and the positions: at most 5 requests whatever the chain's size. Deltas are
+computed locally (Black-76 from mark_iv and the forward) instead of one `ticker` per option.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime, timezone
+
+from .clock import Clock, WallClock, to_datetime
+from .config import Settings
+from .deribit.client import DeribitClient
+from .deribit.types import BookSummary, Instrument
+from .models import AccountState, AgentState, Candidate, OptionPosition, PositionHistory
+from .pricing import YEAR_SECONDS, call_delta, years_between
+
+DAY_MS = 86_400_000
+_NAME = re.compile(r"^(?P<cur>[A-Z]+)-(?P<day>\d{1,2})(?P<mon>[A-Z]{3})(?P<yy>\d{2})-(?P<strike>[\d.]+)-(?P<cp>[CP])$")
+_MONTHS = {m: i for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), start=1)}
+
+
+async def build_agent_state(
+    client: DeribitClient,
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    history: PositionHistory | None = None,
+) -> AgentState:
+    """Read the exchange once and return an immutable AgentState stamped with its time."""
+    clock = clock or WallClock()
+    cur = settings.underlying
+    with client.measure() as counter:
+        index, instruments, book, account, positions = await asyncio.gather(
+            client.get_index_price(settings.index_name),
+            client.get_instruments(cur, "option"),
+            client.get_book_summary_by_currency(cur, "option"),
+            client.get_account_summary(cur),
+            client.get_positions(cur, "option"),
+        )
+    now_ms = clock.now_ms()
+    by_name = {i.instrument_name: i for i in instruments}
+    books = {b.instrument_name: b for b in book}
+    spot = index.index_price
+
+    candidates = select_candidates(instruments, books, settings, now_ms)
+    pos_values = []
+    for n, p in enumerate((p for p in positions if abs(p.signed_size) > 0), start=1):
+        pos_values.append(_enrich_position(f"p{n}", p, by_name.get(p.instrument_name), books.get(p.instrument_name), spot, now_ms))
+
+    equity = account.equity
+    im = account.initial_margin
+    margin_pct = (im / equity * 100.0) if equity > 0 else (100.0 if im > 0 else 0.0)
+    return AgentState(
+        timestamp=to_datetime(now_ms),
+        underlying=cur,
+        spot=spot,
+        forward=_forward_near(book, by_name, now_ms, settings.target_dte or 7.0) or spot,
+        account=AccountState(
+            currency=cur,
+            equity=equity,
+            balance=account.balance if account.balance is not None else equity,
+            available_funds=account.available_funds if account.available_funds is not None else equity - im,
+            initial_margin=im,
+            maintenance_margin=account.maintenance_margin,
+            margin_used_pct=round(margin_pct, 4),
+            options_delta=account.options_delta,
+        ),
+        positions=tuple(pos_values),
+        candidates=tuple(candidates),
+        chain_size=len(book),
+        history=history or PositionHistory(),
+        requests=counter.requests,
+        credits=counter.credits,
+    )
+
+
+def select_candidates(
+    instruments: list[Instrument], books: dict[str, BookSummary], settings: Settings, now_ms: int
+) -> list[Candidate]:
+    """Calls inside the profile's DTE window and delta band that pass the liquidity filters, best first."""
+    out = []
+    for inst in instruments:
+        if inst.option_type != "call" or not inst.is_active or inst.strike is None:
+            continue
+        dte = (inst.expiration_timestamp - now_ms) / DAY_MS
+        if not (settings.min_dte <= dte <= settings.max_dte):  # type: ignore[operator]
+            continue
+        b = books.get(inst.instrument_name)
+        if b is None or not b.bid_price or not b.ask_price or not b.mark_iv or not b.underlying_price:
+            continue  # no bid (or no ask to judge the spread): not liquid enough to sell into
+        mid = (b.bid_price + b.ask_price) / 2
+        spread_pct = (b.ask_price - b.bid_price) / mid * 100.0
+        if spread_pct > settings.max_spread_pct:  # type: ignore[operator]
+            continue
+        if (b.open_interest or 0.0) < settings.min_open_interest:  # type: ignore[operator]
+            continue
+        fwd = b.underlying_price
+        t = years_between(now_ms, inst.expiration_timestamp)
+        delta = call_delta(fwd, inst.strike, b.mark_iv / 100.0, t)
+        if not (settings.min_delta <= delta <= settings.max_delta):  # type: ignore[operator]
+            continue
+        mark = b.mark_price if b.mark_price is not None else mid
+        annual_yield = b.bid_price * (365.0 / dte) * 100.0 if dte > 0 else 0.0
+        # Higher yield is better; distance from the target delta and DTE costs points.
+        score = annual_yield - 100.0 * abs(delta - settings.target_delta) - 2.0 * abs(dte - settings.target_dte)  # type: ignore[operator]
+        out.append(
+            Candidate(
+                id="",
+                instrument_name=inst.instrument_name,
+                strike=inst.strike,
+                expiration_timestamp=inst.expiration_timestamp,
+                dte=round(dte, 4),
+                delta=round(delta, 4),
+                mark_iv=b.mark_iv,
+                forward=fwd,
+                bid=b.bid_price,
+                ask=b.ask_price,
+                mark=mark,
+                bid_usd=round(b.bid_price * fwd, 2),
+                ask_usd=round(b.ask_price * fwd, 2),
+                mark_usd=round(mark * fwd, 2),
+                otm_pct=round((inst.strike / fwd - 1.0) * 100.0, 3),
+                annualized_yield_pct=round(annual_yield, 3),
+                open_interest=b.open_interest or 0.0,
+                spread_pct=round(spread_pct, 3),
+                score=round(score, 4),
+                min_trade_amount=inst.min_trade_amount,
+                tick_size=inst.tick_size,
+                tick_size_steps=tuple((s.above_price, s.tick_size) for s in inst.tick_size_steps),
+            )
+        )
+    out.sort(key=lambda c: (-c.score, c.expiration_timestamp, c.strike))
+    return [c.model_copy(update={"id": f"c{n}"}) for n, c in enumerate(out, start=1)]
+
+
+def _enrich_position(pid, p, inst: Instrument | None, b: BookSummary | None, spot: float, now_ms: int) -> OptionPosition:
+    parsed = parse_option_name(p.instrument_name)
+    strike = inst.strike if inst and inst.strike else parsed["strike"]
+    expiry = inst.expiration_timestamp if inst else parsed["expiration_timestamp"]
+    option_type = inst.option_type if inst and inst.option_type else parsed["option_type"]
+    fwd = (b.underlying_price if b and b.underlying_price else None) or spot
+    iv = b.mark_iv if b and b.mark_iv else None
+    mark = (b.mark_price if b and b.mark_price is not None else None) or p.mark_price or 0.0
+    t = years_between(now_ms, expiry)
+    if iv:
+        d = call_delta(fwd, strike, iv / 100.0, t)
+        delta = d if option_type == "call" else d - 1.0
+    else:
+        size = abs(p.signed_size) or 1.0
+        delta = (p.delta or 0.0) / size * (-1 if p.signed_size < 0 else 1)
+    return OptionPosition(
+        id=pid,
+        instrument_name=p.instrument_name,
+        option_type=option_type,
+        strike=strike,
+        expiration_timestamp=expiry,
+        dte=round((expiry - now_ms) / DAY_MS, 4),
+        size=p.signed_size,
+        average_price=p.average_price or 0.0,
+        mark=mark,
+        bid=b.bid_price if b else None,
+        ask=b.ask_price if b else None,
+        delta=round(delta, 4),
+        mark_iv=iv,
+        forward=fwd,
+        min_trade_amount=inst.min_trade_amount if inst else 0.1,
+        tick_size=inst.tick_size if inst else 0.0001,
+        tick_size_steps=tuple((s.above_price, s.tick_size) for s in inst.tick_size_steps) if inst else ((0.005, 0.0005),),
+    )
+
+
+def _forward_near(book: list[BookSummary], by_name: dict[str, Instrument], now_ms: int, target_dte: float) -> float | None:
+    best: tuple[float, float] | None = None
+    for b in book:
+        inst = by_name.get(b.instrument_name)
+        if inst is None or not b.underlying_price:
+            continue
+        gap = abs((inst.expiration_timestamp - now_ms) / DAY_MS - target_dte)
+        if best is None or gap < best[0]:
+            best = (gap, b.underlying_price)
+    return best[1] if best else None
+
+
+def parse_option_name(name: str) -> dict:
+    """Strike, expiry (08:00 UTC) and type from a Deribit option name such as BTC-4DEC26-97000-C."""
+    m = _NAME.match(name)
+    if not m:
+        raise ValueError(f"not a Deribit option name: {name!r}")
+    expiry = datetime(2000 + int(m["yy"]), _MONTHS[m["mon"]], int(m["day"]), 8, tzinfo=timezone.utc)
+    return {
+        "currency": m["cur"],
+        "strike": float(m["strike"]),
+        "expiration_timestamp": int(expiry.timestamp() * 1000),
+        "option_type": "call" if m["cp"] == "C" else "put",
+    }
+
+
+__all__ = ["build_agent_state", "select_candidates", "parse_option_name", "YEAR_SECONDS"]
