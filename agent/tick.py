@@ -78,7 +78,7 @@ async def run_tick(
     return Decision(
         timestamp=state.timestamp,
         underlying=state.underlying,
-        state=compress_state(state),
+        state=compress_state(state, proposed),
         proposed_action=proposed,
         risk_check=risk,
         final_action=final,
@@ -93,10 +93,16 @@ async def run_tick(
     )
 
 
-def compress_state(state: AgentState, top: int = MAX_PROMPT_CANDIDATES) -> dict[str, Any]:
-    """The few numbers worth keeping per tick: account, positions, the best candidates."""
+def compress_state(state: AgentState, action: Action | None = None, top: int = MAX_PROMPT_CANDIDATES) -> dict[str, Any]:
+    """The few numbers worth keeping per tick: account, positions, the best candidates, and the
+    full numbers of the instruments the action names (for its card and for `why`)."""
     a = state.account
-    return {
+    chosen = state.candidate(action.symbol) if action and action.symbol else None
+    leg = state.position(action.roll_from or action.symbol or "") if action else None
+    keep = ("instrument_name", "strike", "expiration_timestamp", "dte", "delta", "bid", "ask", "mark", "bid_usd",
+            "otm_pct", "annualized_yield_pct", "open_interest", "spread_pct", "score", "forward", "mark_iv",
+            "average_price", "size")
+    out = {
         "ts": state.timestamp.isoformat(),
         "spot": round(state.spot, 2),
         "fwd": round(state.forward, 2),
@@ -111,6 +117,11 @@ def compress_state(state: AgentState, top: int = MAX_PROMPT_CANDIDATES) -> dict[
         "chain": state.chain_size,
         "req": state.requests,
     }
+    if chosen is not None:
+        out["sel"] = {k: v for k, v in chosen.model_dump().items() if k in keep}
+    if leg is not None:
+        out["leg"] = {k: v for k, v in leg.model_dump().items() if k in keep}
+    return out
 
 
 # Settings that shape a decision; the rest (tokens, chat ids) stays out of every tick row.

@@ -74,8 +74,8 @@ class TokenBucket:
         async with self._lock:
             while True:
                 self._refill()
-                if self._level >= cost:
-                    self._level -= cost
+                if self._level >= cost - 1e-9 * cost:  # float dust must not spin the loop
+                    self._level = max(self._level - cost, 0.0)
                     return
                 wait = (cost - self._level) / self.rate
                 self.waited_s += wait

@@ -1,0 +1,261 @@
+"""Wiring: settings -> store, exchange, brains, approvals, core, channels, scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from agent.clock import to_datetime
+from agent.config import Settings
+from agent.deribit.errors import DeribitError
+from agent.exchange import Exchange, open_exchange
+from agent.models import Decision
+from agent.tick import run_tick
+
+from .approvals import ApprovalService
+from .ask import Asker
+from .core import Core
+from .engine import Executor
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+def enabled_channel_names(settings: Settings) -> tuple[str, ...]:
+    names = []
+    if settings.secret("telegram_bot_token"):
+        names.append("telegram")
+    if settings.secret("slack_bot_token"):
+        names.append("slack")
+    console = settings.console_enabled if settings.console_enabled is not None else not names
+    if console:
+        names.append("console")
+    return tuple(names)
+
+
+class Bot:
+    """One running bot. `await bot.start()`, then ticks and sweeps (by the scheduler or by hand)."""
+
+    def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
+                 channels: list | None = None, llm_client: Any = None) -> None:
+        self.settings = settings
+        self.exchange = exchange or open_exchange(settings)
+        self.store = store or Store(settings.database_path)
+        self.llm_client = llm_client
+        names = tuple(ch.name for ch in channels) if channels is not None else enabled_channel_names(settings)
+        self.approvals = ApprovalService(self.store, settings, now=self.now, enabled_channels=names)
+        self.asker = Asker(self, llm_client=llm_client)
+        self.core = Core(self.store, self.approvals, settings, clock=self.exchange.clock, asker=self.asker,
+                         status_provider=self.live_status)
+        self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change)
+        self.core.executor = self.executor
+        self._channels = channels
+        self.ticks_done = 0
+        self.exchange_failures = 0
+        self.last_tick_error: str | None = None
+        self._tick_lock = asyncio.Lock()
+
+    def now(self):
+        return to_datetime(self.exchange.clock.now_ms())
+
+    @property
+    def channels(self):
+        return self.core.channels
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.approvals.check_startup()
+        # Before anything else: settle what a crash left in flight.
+        reconciled = await self.executor.reconcile()
+        for r in reconciled:
+            log.info("reconciled proposal #%d: %s (%s)", r.proposal_id, r.status, r.message)
+        channels = self._channels if self._channels is not None else self._make_channels()
+        for ch in channels:
+            await ch.start(self.core)
+            self.core.channels.append(ch)
+        self.store.append_event("bot_started", actor="agent", channel="bot",
+                                reason=f"{self.settings.trading_tag} {self.exchange.description}; channels "
+                                       f"{', '.join(c.name for c in self.core.channels) or 'none'}")
+        if self.approvals.is_paused():
+            await self.core.notify("pause", "Started PAUSED (kill switch on from before): `resume` to let it trade.")
+
+    def _make_channels(self) -> list:
+        out = []
+        names = enabled_channel_names(self.settings)
+        if "telegram" in names:
+            from .adapters.telegram import TelegramChannel
+
+            out.append(TelegramChannel(self.settings))
+        if "slack" in names:
+            from .adapters.slack import SlackChannel
+
+            out.append(SlackChannel(self.settings))
+        if "console" in names:
+            from .adapters.console import ConsoleChannel
+
+            out.append(ConsoleChannel())
+        return out
+
+    async def stop(self) -> None:
+        await self.core.drain()
+        for ch in reversed(self.core.channels):
+            try:
+                await ch.stop()
+            except Exception:
+                log.exception("channel %s did not stop cleanly", ch.name)
+        self.core.channels.clear()
+        self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
+        await self.exchange.aclose()
+        self.store.close()
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    async def llm_brain(self, state, settings):
+        from agent.llm import llm_decide
+
+        outcome = await llm_decide(state, list(state.candidates), settings, client=self.llm_client,
+                                   previous=state.history.previous_decision)
+        return outcome.action, _record_dict(outcome.record)
+
+    async def tick(self) -> tuple[int | None, Decision | None]:
+        """One decision: build state, decide, check, record, propose. Never raises."""
+        async with self._tick_lock:
+            try:
+                return await self._tick()
+            except DeribitError as exc:
+                self.exchange_failures += 1
+                self.last_tick_error = str(exc)
+                self.store.append_event("tick_failed", actor="agent", channel="scheduler", reason=str(exc)[:500])
+                log.error("tick failed: %s", exc)
+                if self.exchange_failures == 3:
+                    await self.core.notify("watchdog", f"The exchange failed 3 ticks in a row: {exc}")
+                return None, None
+            except Exception as exc:  # a tick that raises is recorded and the loop goes on
+                self.last_tick_error = f"{type(exc).__name__}: {exc}"
+                self.store.append_event("tick_failed", actor="agent", channel="scheduler", reason=self.last_tick_error[:500])
+                log.exception("tick failed")
+                return None, None
+
+    async def _tick(self) -> tuple[int | None, Decision | None]:
+        settings = self.settings
+        history = self.store.history_for_policy(settings.underlying, self.now())
+        brain = self.llm_brain if settings.effective_decision_mode in ("llm", "shadow") else None
+        budget_note = self._llm_budget_spent() if brain else None
+        if budget_note is not None:
+            brain = None  # the rules decide until the budget refills; run_tick says so in the reasoning
+        decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,
+                                  llm_brain=brain)
+        decision_id = self.store.record_decision(decision)
+        for rec in decision.llm_calls:
+            self.store.record_llm_call(decision_id=decision_id, **rec)
+        self.ticks_done += 1
+        self.exchange_failures = 0
+        self.last_tick_error = None
+        if budget_note:
+            await self.core.notify("llm_fallback", budget_note)
+        await self._check_llm_fallbacks(decision)
+        result = self.approvals.propose(decision_id, decision)
+        for old in result.superseded:
+            await self.core.refresh_proposal(old)
+        if result.kind == "created" and result.proposal_id is not None:
+            self.approvals.auto_approve(result.proposal_id)
+            await self.core.broadcast_proposal(result.proposal_id)
+            await self.executor.execute_approved()
+        return decision_id, decision
+
+    def _llm_budget_spent(self) -> str | None:
+        budget = self.settings.llm_daily_token_budget
+        used = self.store.llm_stats(self.now() - timedelta(days=1)).get("tokens", 0)
+        if budget and used >= budget:
+            if not self._budget_alerted:
+                self._budget_alerted = True
+                return f"LLM daily token budget spent ({used} of {budget} tokens): the rules decide until it refills."
+            return ""  # spent, already said so
+        self._budget_alerted = False
+        return None
+
+    _budget_alerted = False
+
+    async def _check_llm_fallbacks(self, decision: Decision) -> None:
+        if not decision.llm_calls:
+            return
+        stats = self.store.llm_stats(self.now() - timedelta(hours=24))
+        calls, fallbacks = stats.get("calls", 0), stats.get("fallbacks", 0)
+        pct = fallbacks / calls * 100 if calls else 0.0
+        if calls >= 5 and pct >= self.settings.llm_fallback_alert_pct and not self._fallback_alerted:
+            self._fallback_alerted = True
+            await self.core.notify("llm_fallback", f"LLM fell back on {fallbacks} of {calls} calls in 24 h "
+                                                   f"({pct:.0f}%, threshold {self.settings.llm_fallback_alert_pct:g}%).")
+        elif pct < self.settings.llm_fallback_alert_pct:
+            self._fallback_alerted = False
+
+    _fallback_alerted = False
+
+    async def sweep(self) -> None:
+        """Expire what is due and execute what is approved (from any process)."""
+        for pid in self.approvals.expire_due():
+            await self.core.refresh_proposal(pid)
+        if not self.approvals.is_paused():
+            await self.executor.execute_approved()
+
+    async def _on_exec_change(self, pid: int) -> None:
+        await self.core.refresh_proposal(pid)
+        row = self.store.get_proposal(pid)
+        if row is None:
+            return
+        if row.status == "executed":
+            await self.core.notify("fill", f"#{pid} executed: {row.status_reason or ''}".strip())
+        elif row.status in ("failed", "blocked"):
+            await self.core.notify("failure", f"#{pid} {row.status}: {row.status_reason or ''}".strip())
+
+    async def daily_summary(self) -> None:
+        since = self.now() - timedelta(days=1)
+        decisions = self.store.list_decisions(since=since, limit=100000)
+        props = self.store.list_proposals(since=since, limit=100000)
+        by_status: dict[str, int] = {}
+        for p in props:
+            by_status[p["status"]] = by_status.get(p["status"], 0) + 1
+        text = (f"Daily summary: {len(decisions)} ticks, {len(props)} proposals "
+                f"({', '.join(f'{v} {k}' for k, v in sorted(by_status.items())) or 'none'}).")
+        last = self.store.last_decision()
+        if last and last.get("state"):
+            st = last["state"]
+            text += f" Equity {st.get('eq', 0):.4f} {self.settings.underlying}, {len(st.get('pos') or [])} open positions."
+        await self.core.notify("daily_summary", text)
+
+    def watchdog_problem(self) -> str | None:
+        last = self.store.last_tick_at()
+        limit = 3 * self.settings.loop_interval_sec
+        if last is not None:
+            age = (self.now() - last).total_seconds()
+            if age > limit:
+                return f"Watchdog: no tick for {age:.0f}s (expected every {self.settings.loop_interval_sec:g}s)"
+        if self.exchange_failures >= 3:
+            return f"Watchdog: the exchange failed {self.exchange_failures} ticks in a row ({self.last_tick_error})"
+        return None
+
+    def live_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"exchange": self.exchange.description}
+        stats = self.store.llm_stats(self.now() - timedelta(hours=24))
+        if self.settings.effective_decision_mode != "rule" or stats.get("calls"):
+            calls, fb = stats.get("calls", 0), stats.get("fallbacks", 0)
+            out["llm"] = (f"LLM ({self.settings.llm_model_name}, {self.settings.effective_decision_mode} mode): {calls} calls in 24 h, "
+                          f"{fb} fallbacks ({(fb / calls * 100) if calls else 0:.0f}%), {stats.get('tokens', 0)} tokens "
+                          f"of a {self.settings.llm_daily_token_budget} daily budget")
+        problem = self.watchdog_problem()
+        if problem:
+            out["watchdog"] = problem
+        return out
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    if hasattr(record, "model_dump"):
+        return record.model_dump()
+    if hasattr(record, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(record)
+    return dict(record)

@@ -1,0 +1,177 @@
+"""The proposal state machine and every rule about who may decide what.
+
+    pending -> approved -> executing -> executed | failed
+    pending -> rejected | expired | superseded | cancelled
+    approved -> blocked          (the re-check at execution time failed)
+
+Every transition is a compare-and-swap in the store (`UPDATE ... WHERE id=? AND status=?` inside
+BEGIN IMMEDIATE) plus an event row, so two clicks, two approvers or two processes race safely:
+one wins, the others are told it was already decided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from agent.config import ConfigError, Settings
+from agent.models import Action, ActionType, Decision
+
+from .store import Store
+
+AUTO_USER = "auto"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ProposeResult:
+    kind: str  # created | kept | none | paused
+    proposal_id: int | None = None
+    superseded: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    kind: str  # recorded | approved | rejected | already_voted | not_pending | expired | unauthorized | unknown
+    proposal_id: int
+    message: str
+    status: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind in ("recorded", "approved", "rejected")
+
+
+class ApprovalService:
+    def __init__(self, store: Store, settings: Settings, *, now: Callable[[], datetime] = utc_now,
+                 enabled_channels: tuple[str, ...] = ("console",)) -> None:
+        self.store = store
+        self.settings = settings
+        self.now = now
+        self.allowlists: dict[str, frozenset[str]] = {
+            "console": frozenset(settings.effective_console_users),
+            "telegram": frozenset(settings.telegram_allowed_user_ids),
+            "slack": frozenset(settings.slack_allowed_user_ids),
+            "cli": frozenset(settings.effective_console_users),
+        }
+        self.enabled_channels = enabled_channels
+
+    # --- who may decide -------------------------------------------------------------------
+
+    def check_startup(self) -> None:
+        """In manual mode, an enabled channel with nobody allowed to vote is a set-up error."""
+        if self.settings.approval_mode != "manual":
+            return
+        env = {"telegram": "TELEGRAM_ALLOWED_USER_IDS", "slack": "SLACK_ALLOWED_USER_IDS", "console": "CONSOLE_ALLOWED_USERS"}
+        for ch in self.enabled_channels:
+            if not self.allowlists.get(ch):
+                raise ConfigError(f"config error: {env.get(ch, ch)} is empty: in APPROVAL_MODE=manual nobody could approve "
+                                  f"on {ch}; list the user ids allowed to vote")
+
+    def is_authorized(self, channel: str, user: str) -> bool:
+        return str(user) in self.allowlists.get(channel, frozenset())
+
+    # --- proposals ------------------------------------------------------------------------
+
+    def propose(self, decision_id: int, decision: Decision) -> ProposeResult:
+        """Turn a decision into a proposal: one pending per underlying, same action kept,
+        a different one supersedes the old."""
+        action = decision.final_action
+        if action.action == ActionType.DO_NOTHING:
+            return ProposeResult("none")
+        if self.is_paused():
+            return ProposeResult("paused")
+        superseded = []
+        for row in self.store.pending_proposals(action.underlying):
+            old = Action.model_validate_json(row.action_json)
+            if old.key() == action.key() and row.expires_at > self.now():
+                return ProposeResult("kept", row.id)
+            if self.store.transition(row.id, "pending", "superseded", actor="agent", channel="scheduler",
+                                     reason=f"superseded by a new {action.action.value} on {action.symbol}"):
+                superseded.append(row.id)
+        row = self.store.create_proposal(
+            decision_id, action, expires_at=self.now() + timedelta(seconds=self.settings.approval_ttl_sec),
+            approvals_required=self.settings.approvals_required,
+        )
+        return ProposeResult("created", row.id, tuple(superseded))
+
+    def vote(self, proposal_id: int, user: str, channel: str, vote: str, reason: str | None = None) -> VoteResult:
+        user = str(user)
+        if user != AUTO_USER and not self.is_authorized(channel, user):
+            self.store.append_event("unauthorized_vote", proposal_id=proposal_id, actor=user, channel=channel,
+                                    reason=f"{vote} refused: not on the {channel} allowlist")
+            return VoteResult("unauthorized", proposal_id, "Not authorized: you are not on this channel's allowlist.")
+        if self.store.get_proposal(proposal_id) is None:
+            return VoteResult("unknown", proposal_id, f"No proposal #{proposal_id}.")
+        if vote == "approve" and self.is_paused():
+            return VoteResult("not_pending", proposal_id, "The bot is paused: nothing can be approved until `resume`.")
+        out = self.store.vote_and_maybe_approve(proposal_id, user, channel, vote, reason,
+                                                self.settings.approvals_required, now=self.now())
+        return VoteResult(out.kind, proposal_id, _vote_message(out, proposal_id, self.settings.approvals_required), out.status)
+
+    def auto_approve(self, proposal_id: int) -> VoteResult | None:
+        """Unattended mode: approve as the user `auto` inside the tighter auto limits, else leave it
+        to a human. Recorded like any vote."""
+        if self.settings.approval_mode != "auto":
+            return None
+        row = self.store.get_proposal(proposal_id)
+        if row is None or row.status != "pending":
+            return None
+        action = Action.model_validate_json(row.action_json)
+        limit = self.settings.effective_auto_max_size
+        if action.size is None or action.size > limit + 1e-12:
+            self.store.append_event("auto_approve_declined", proposal_id=proposal_id, actor=AUTO_USER, channel="auto",
+                                    reason=f"size {action.size:g} over AUTO_APPROVE_MAX_SIZE {limit:g}: waiting for a human")
+            return None
+        # One vote from `auto` approves on its own, whatever APPROVALS_REQUIRED says for humans.
+        out = self.store.vote_and_maybe_approve(proposal_id, AUTO_USER, "auto", "approve",
+                                                "within the auto-approve limits", 1, now=self.now())
+        return VoteResult(out.kind, proposal_id, _vote_message(out, proposal_id, 1), out.status)
+
+    def expire_due(self) -> list[int]:
+        return self.store.expire_due(self.now())
+
+    def cancel_pending(self, underlying: str | None, reason: str, actor: str, channel: str) -> list[int]:
+        done = []
+        for row in self.store.pending_proposals(underlying):
+            if self.store.transition(row.id, "pending", "cancelled", actor=actor, channel=channel, reason=reason):
+                done.append(row.id)
+        return done
+
+    # --- kill switch ----------------------------------------------------------------------
+
+    def is_paused(self) -> bool:
+        return self.store.get_flag("paused", "0") == "1"
+
+    def pause(self, user: str, channel: str, reason: str | None = None) -> bool:
+        if self.is_paused():
+            return False
+        self.store.set_flag("paused", "1", actor=user, channel=channel, reason=reason or "paused")
+        return True
+
+    def resume(self, user: str, channel: str) -> bool:
+        if not self.is_paused():
+            return False
+        self.store.set_flag("paused", "0", actor=user, channel=channel, reason="resumed")
+        return True
+
+
+def _vote_message(out, proposal_id: int, required: int) -> str:
+    k = out.kind
+    if k == "approved":
+        return f"#{proposal_id} approved: executing after a fresh re-check."
+    if k == "rejected":
+        return f"#{proposal_id} rejected."
+    if k == "recorded":
+        return f"Vote recorded on #{proposal_id}: {out.approvals}/{required} approvals."
+    if k == "already_voted":
+        return f"You already voted on #{proposal_id}."
+    if k == "expired":
+        return f"#{proposal_id} expired: it will not execute."
+    if k == "not_pending":
+        return f"#{proposal_id} was already decided ({out.status})."
+    return f"#{proposal_id}: {k}"

@@ -1,0 +1,390 @@
+"""`chatops`: run the bot, one tick, status, votes, pause, audit, and the paper exchange.
+
+Errors a user can cause (a bad setting, a locked database, an exchange error) end with one line
+on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import getpass
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent.config import ConfigError, Settings, load_settings
+from agent.deribit.errors import DeribitError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chatops", description="A covered-call agent for Deribit, steered from chat.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run the bot: ticks on a schedule, proposals to chat, approvals executed")
+    r.add_argument("--ticks", type=int, help="stop after N ticks, once nothing is left pending")
+    r.add_argument("--interval", type=float, help="seconds between ticks (default LOOP_INTERVAL_SEC)")
+    r.add_argument("--auto", action="store_true", help="unattended: APPROVAL_MODE=auto for this run")
+    r.add_argument("--reset-paper", action="store_true", help="start the in-process paper exchange afresh")
+
+    t = sub.add_parser("tick", help="one decision against the configured exchange, printed")
+    t.add_argument("--json", action="store_true", help="the raw decision snapshot")
+
+    for name, text in (("status", "mode, pause, last tick and its age, account, pending"),
+                       ("pending", "proposals waiting for a vote")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("approve", help="approve a proposal (as the current OS user)")
+    a.add_argument("id", type=int)
+    j = sub.add_parser("reject", help="reject a proposal")
+    j.add_argument("id", type=int)
+    j.add_argument("--reason")
+    ps = sub.add_parser("pause", help="kill switch on: no proposals, no executions")
+    ps.add_argument("--reason")
+    sub.add_parser("resume", help="kill switch off")
+
+    au = sub.add_parser("audit", help="review decisions, proposals and events; export; verify")
+    asub = au.add_subparsers(dest="audit_cmd", required=True)
+    for table in ("decisions", "proposals", "events"):
+        lp = asub.add_parser(table, help=f"list {table}")
+        lp.add_argument("--since", help="ISO time or a duration such as 24h, 7d")
+        lp.add_argument("--until")
+        lp.add_argument("--limit", type=int, default=50)
+        lp.add_argument("--json", action="store_true")
+        if table == "decisions":
+            lp.add_argument("--action")
+        if table == "proposals":
+            lp.add_argument("--status")
+            lp.add_argument("--action")
+        if table == "events":
+            lp.add_argument("--proposal", type=int)
+            lp.add_argument("--kind")
+    sh = asub.add_parser("show", help="one proposal's whole story")
+    sh.add_argument("id", type=int)
+    sh.add_argument("--json", action="store_true")
+    ex = asub.add_parser("export", help="export a table as CSV or JSON lines")
+    ex.add_argument("table", choices=["decisions", "proposals", "votes", "events", "executions", "orders", "questions",
+                                      "answers", "llm_calls", "settings_changes"])
+    ex.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    ex.add_argument("--out", help="file (default: stdout)")
+    ex.add_argument("--since")
+    ex.add_argument("--until")
+    asub.add_parser("verify", help="recompute the events hash chain; name the first broken row")
+    shd = asub.add_parser("shadow", help="rules vs LLM in shadow mode: agreement, confusion matrix, strikes and DTE")
+    shd.add_argument("--since")
+    shd.add_argument("--json", action="store_true")
+
+    pe = sub.add_parser("paper-exchange", help="serve the paper exchange over HTTP (Deribit's API)")
+    pe.add_argument("--host", default="127.0.0.1")
+    pe.add_argument("--port", type=int, default=8765)
+    pe.add_argument("--reset", action="store_true", help="start from a fresh account")
+    pe.add_argument("--state", help="state file (default PAPER_STATE_PATH or data/paper_exchange_<UNDERLYING>.json)")
+    pe.add_argument("--speed", type=float, help="simulated time at this speed factor (default: wall time)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {}
+        if getattr(args, "auto", False):
+            overrides["approval_mode"] = "auto"
+        settings = load_settings(**overrides)
+        return _dispatch(args, settings)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except DeribitError as exc:
+        print(f"exchange error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from .store import StoreBusyError
+
+        if isinstance(exc, StoreBusyError):
+            print(f"database busy: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from .logs import setup_logging
+
+    setup_logging(settings)
+    cmd = args.cmd
+    if cmd == "run":
+        return asyncio.run(_run(settings, args))
+    if cmd == "tick":
+        return asyncio.run(_tick(settings, args.json))
+    if cmd == "paper-exchange":
+        return _paper(settings, args)
+    from .store import Store
+
+    store = Store(settings.database_path)
+    try:
+        if cmd in ("status", "pending"):
+            return _status(store, settings, cmd, args.json)
+        if cmd in ("approve", "reject"):
+            return _vote(store, settings, cmd, args.id, getattr(args, "reason", None))
+        if cmd in ("pause", "resume"):
+            return _pause(store, settings, cmd, getattr(args, "reason", None))
+        if cmd == "audit":
+            return _audit(store, settings, args)
+    finally:
+        store.close()
+    return EXIT_USAGE
+
+
+# --- run and tick --------------------------------------------------------------------------------
+
+
+async def _run(settings: Settings, args) -> int:
+    from agent.exchange import open_exchange
+
+    from .app import Bot
+    from .scheduler import BotRunner
+
+    bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper))
+    await bot.start()
+    try:
+        await BotRunner(bot, interval=args.interval, ticks=args.ticks).run()
+    finally:
+        await bot.stop()
+    return 0
+
+
+async def _tick(settings: Settings, as_json: bool) -> int:
+    from agent.exchange import open_exchange
+    from agent.tick import run_tick
+
+    ex = open_exchange(settings)
+    try:
+        decision = await run_tick(ex.client, settings, clock=ex.clock)
+    finally:
+        await ex.aclose()
+    if as_json:
+        print(decision.model_dump_json(indent=2))
+        return 0
+    print(format_decision(decision, settings))
+    return 0
+
+
+def format_decision(d, settings: Settings) -> str:
+    st = d.state
+    fa = d.final_action
+    lines = [
+        f"{settings.trading_tag} tick at {d.timestamp:%Y-%m-%d %H:%M:%S} UTC on {settings.underlying} "
+        f"({d.requests} requests, {d.timings_ms.get('total_ms', 0):.0f} ms)",
+        f"  spot {st['spot']:,.0f}  forward {st['fwd']:,.0f}  equity {st['eq']:.4f}  margin used {st['mu']:.1f}%  "
+        f"options delta {st['od']:+.3f}",
+        f"  {st['chain']} options in the chain, {st['n_cand']} candidates after the DTE/delta/liquidity filters",
+    ]
+    for p in st.get("pos") or []:
+        lines.append(f"  position {p[0]} {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+    if st.get("cand"):
+        lines.append("  top candidates: " + ", ".join(f"{c[1]} (d {c[2]:.2f}, {c[4]:.4f}, {c[5]:.0f}%/y)" for c in st["cand"][:3]))
+    lines.append(f"Proposed ({d.decision_source}): {d.proposed_action.action.value} {d.proposed_action.symbol or ''}".rstrip())
+    lines.append(f"  {d.proposed_action.reasoning}")
+    rc = d.risk_check
+    lines.append("Risk: " + ("allowed (" + "; ".join(rc.checks) + ")" if rc.allowed else "BLOCKED: " + "; ".join(rc.reasons)))
+    lines.append(f"Final: {fa.action.value} {fa.symbol or ''}{' size %g' % fa.size if fa.size else ''}".rstrip())
+    return "\n".join(lines)
+
+
+# --- status and votes -------------------------------------------------------------------------------
+
+
+def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
+    from .core import status_text
+
+    now = datetime.now(timezone.utc)
+    if cmd == "status":
+        last = store.last_decision()
+        stats = store.llm_stats(now.replace(microsecond=0) - _duration("24h"))
+        if as_json:
+            print(json.dumps({"paused": store.get_flag("paused", "0") == "1", "last_decision": last,
+                              "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
+                              "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats}, default=str, indent=2))
+            return 0
+        live = {}
+        if stats.get("calls"):
+            fb = stats.get("fallbacks", 0)
+            live["llm"] = f"LLM: {stats['calls']} calls in 24 h, {fb} fallbacks ({fb / stats['calls'] * 100:.0f}%)"
+        print(status_text(store, settings, now, live))
+        return 0
+    rows = store.pending_proposals()
+    if as_json:
+        print(json.dumps([r.__dict__ if hasattr(r, "__dict__") else dict(r) for r in rows], default=str, indent=2))
+        return 0
+    if not rows:
+        print("No proposal is waiting for a vote.")
+        return 0
+    for r in rows:
+        print(f"#{r.id} {r.action} {r.symbol or ''} size {r.size:g} expires {r.expires_at:%H:%M:%S} UTC")
+    return 0
+
+
+def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> int:
+    from .approvals import ApprovalService
+
+    svc = ApprovalService(store, settings)
+    user = getpass.getuser()
+    result = svc.vote(pid, user, "cli", "approve" if cmd == "approve" else "reject", reason)
+    print(result.message + (" The running bot executes it." if result.kind == "approved" else ""))
+    return 0 if result.ok else 1
+
+
+def _pause(store, settings: Settings, cmd: str, reason: str | None) -> int:
+    from .approvals import ApprovalService
+
+    svc = ApprovalService(store, settings)
+    user = getpass.getuser()
+    if cmd == "pause":
+        changed = svc.pause(user, "cli", reason)
+        if changed:
+            svc.cancel_pending(None, "paused (kill switch)", user, "cli")
+        print("Paused." if changed else "Already paused.")
+    else:
+        print("Resumed." if svc.resume(user, "cli") else "Not paused.")
+    return 0
+
+
+# --- audit ----------------------------------------------------------------------------------------------
+
+
+def _duration(text: str):
+    from datetime import timedelta
+
+    unit = text[-1]
+    n = float(text[:-1])
+    return timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+
+
+def _when(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    if text[-1] in "mhd" and text[:-1].replace(".", "").isdigit():
+        return datetime.now(timezone.utc) - _duration(text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"bad time {text!r}: use ISO 8601 (2026-11-25T08:00) or a duration such as 24h, 7d") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _audit(store, settings: Settings, args) -> int:
+    from . import render
+
+    sub = args.audit_cmd
+    if sub == "verify":
+        report = store.verify_chain()
+        if report.ok:
+            print(f"audit chain OK: {report.checked} events verified")
+            return 0
+        print(f"audit chain BROKEN at event {report.first_broken_id}: {report.reason} ({report.checked} checked)")
+        return 1
+    if sub == "show":
+        story = store.proposal_story(args.id)
+        if not story:
+            print(f"No proposal #{args.id}.", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(story, default=str, indent=2))
+            return 0
+        from .ask import why_text
+
+        print(why_text(story))
+        return 0
+    if sub == "export":
+        return _export(store, args)
+    if sub == "shadow":
+        from .shadow import shadow_report
+
+        report = shadow_report(store, since=_when(args.since))
+        print(json.dumps(report.as_dict(), indent=2) if args.json else report.as_text())
+        return 0
+    since, until = _when(args.since), _when(args.until)
+    if sub == "decisions":
+        rows = store.list_decisions(since=since, until=until, action=args.action, limit=args.limit)
+        headers = ["id", "ts", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
+    elif sub == "proposals":
+        rows = store.list_proposals(status=args.status, since=since, until=until, action=args.action, limit=args.limit)
+        headers = ["id", "created_at", "action", "symbol", "size", "status", "status_reason"]
+    else:
+        rows = store.list_events(since=since, until=until, proposal_id=args.proposal, kind=args.kind, limit=args.limit)
+        headers = ["id", "ts", "kind", "proposal_id", "actor", "channel", "reason"]
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    print(render.table([[_short(r.get(h)) for h in headers] for r in rows], headers) if rows else f"No {sub}.")
+    return 0
+
+
+def _short(v: Any, n: int = 60) -> str:
+    s = "" if v is None else str(v)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _export(store, args) -> int:
+    rows = store.iter_rows(args.table, since=_when(args.since), until=_when(args.until))
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    total = store.db[args.table].count if args.out else None
+    n = 0
+    try:
+        writer = None
+        for row in rows:
+            if args.format == "jsonl":
+                out.write(json.dumps(row, default=str) + "\n")
+            else:
+                if writer is None:
+                    writer = csv.DictWriter(out, fieldnames=list(row.keys()))
+                    writer.writeheader()
+                writer.writerow(row)
+            n += 1
+            if total and n % 5000 == 0:
+                _progress(n, total)
+    finally:
+        if args.out:
+            out.close()
+    if total:
+        _progress(n, max(total, n), done=True)
+        print(f"exported {n} rows of {args.table} to {Path(args.out)}", file=sys.stderr)
+    return 0
+
+
+def _progress(n: int, total: int, done: bool = False) -> None:
+    width = 30
+    filled = int(width * min(n / total, 1.0)) if total else width
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {n}/{total}")
+    if done:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+# --- paper exchange ------------------------------------------------------------------------------------
+
+
+def _paper(settings: Settings, args) -> int:
+    from agent.clock import SimClock, WallClock
+    from agent.deribit.paper import PaperExchange
+    from agent.deribit.paper_server import run_server
+
+    speed = args.speed or settings.paper_speed
+    exchange = PaperExchange(
+        currency=settings.underlying, seed=settings.paper_seed, initial_equity=settings.paper_equity,
+        state_path=args.state or settings.effective_paper_state_path, reset=args.reset,
+        clock=SimClock(speed=speed) if speed else WallClock(),
+    )
+    run_server(exchange, args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""The core every channel talks to: commands in, cards and notices out.
+
+It checks the acting user on every entry point, goes through the approval service for every
+decision, records everything in the store, and fans cards out to all channels. Channels never
+talk to each other, and the core never imports an adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from agent.clock import to_datetime
+from agent.config import Settings
+from agent.models import Action, ExecutionResult, RiskResult
+
+from . import render
+from .adapters.base import HELP_TEXT, Channel, Notice, Reply
+from .approvals import ApprovalService
+from .store import Store
+
+if TYPE_CHECKING:
+    from .ask import Asker
+    from .engine import Executor
+
+log = logging.getLogger(__name__)
+
+
+class Core:
+    def __init__(self, store: Store, approvals: ApprovalService, settings: Settings, *, clock,
+                 executor: "Executor | None" = None, asker: "Asker | None" = None,
+                 status_provider=None) -> None:
+        self.store = store
+        self.approvals = approvals
+        self.settings = settings
+        self.clock = clock
+        self.executor = executor
+        self.asker = asker
+        self.status_provider = status_provider  # callable -> dict of live status (bot)
+        self.channels: list[Channel] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return to_datetime(self.clock.now_ms())
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for background work this core started (executions, fan-out)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def is_authorized(self, channel: str, user: str) -> bool:
+        return self.approvals.is_authorized(channel, str(user))
+
+    async def record_unauthorized(self, channel: str, user: str, what: str) -> None:
+        self.store.append_event("unauthorized", actor=str(user), channel=channel, reason=f"refused: {what[:200]}")
+        log.warning("unauthorized %s by %s on %s", what[:80], user, channel)
+
+    def _refuse(self) -> Reply:
+        return Reply("Not authorized: you are not on this channel's allowlist.", ok=False, unauthorized=True, private=True)
+
+    async def _guard(self, channel: str, user: str, what: str) -> Reply | None:
+        if self.is_authorized(channel, user):
+            return None
+        await self.record_unauthorized(channel, user, what)
+        return self._refuse()
+
+    # --- cards and fan-out --------------------------------------------------------------------
+
+    def proposal_view(self, pid: int) -> render.ProposalView | None:
+        story = self.store.proposal_story(pid)
+        if not story:
+            return None
+        p = story["proposal"]
+        decision = story.get("decision") or {}
+        state = decision.get("state") or {}
+        risk = decision.get("risk")
+        execs = story.get("executions") or []
+        last_exec = ExecutionResult.model_validate(execs[-1]["result"]) if execs and execs[-1].get("result") else None
+        return render.ProposalView(
+            id=p["id"], status=p["status"], action=Action.model_validate_json(p["action_json"]),
+            created_at=_dt(p["created_at"]), expires_at=_dt(p["expires_at"]), label=p["label"],
+            risk=RiskResult.model_validate(risk) if risk else None,
+            candidate=state.get("sel"), position=state.get("leg"),
+            votes=tuple((v["user"], v["channel"], v["vote"], v.get("reason")) for v in story.get("votes") or []),
+            approvals_required=p.get("approvals_required", 1), status_reason=p.get("status_reason"),
+            execution=last_exec, decided_at=_dt(p["decided_at"]) if p.get("decided_at") else None,
+        )
+
+    def proposal_card(self, pid: int) -> render.Card | None:
+        view = self.proposal_view(pid)
+        return render.proposal_card(view, self.settings.trading_tag, self.now()) if view else None
+
+    async def broadcast_proposal(self, pid: int) -> None:
+        card = self.proposal_card(pid)
+        if card is None:
+            return
+        for ch in self.channels:
+            try:
+                await ch.post_proposal(card)
+            except Exception:  # one channel's failure never stops the others or the loop
+                log.exception("channel %s could not post proposal #%d", ch.name, pid)
+
+    async def refresh_proposal(self, pid: int) -> None:
+        card = self.proposal_card(pid)
+        if card is None:
+            return
+        for ch in self.channels:
+            try:
+                await ch.update_proposal(card)
+            except Exception:
+                log.exception("channel %s could not update proposal #%d", ch.name, pid)
+
+    async def notify(self, kind: str, text: str) -> None:
+        notice = Notice(kind=kind, text=text)
+        self.store.append_event("notice", actor="agent", channel="all", reason=f"{kind}: {text[:300]}")
+        for ch in self.channels:
+            try:
+                await ch.notify(notice)
+            except Exception:
+                log.exception("channel %s could not send a notice", ch.name)
+
+    def save_message_ref(self, proposal_id: int, channel: str, chat_id: str, message_id: str) -> None:
+        self.store.save_message_ref(proposal_id, channel, str(chat_id), str(message_id))
+
+    def message_refs(self, proposal_id: int, channel: str) -> list[tuple[str, str]]:
+        return [(r.chat_id, r.message_id) for r in self.store.message_refs(proposal_id, channel)]
+
+    # --- votes ------------------------------------------------------------------------------
+
+    async def approve(self, proposal_id: int, user: str, channel: str) -> Reply:
+        return await self._vote(proposal_id, user, channel, "approve", None)
+
+    async def reject(self, proposal_id: int, user: str, channel: str, reason: str | None = None) -> Reply:
+        return await self._vote(proposal_id, user, channel, "reject", reason)
+
+    async def _vote(self, pid: int, user: str, channel: str, vote: str, reason: str | None) -> Reply:
+        result = self.approvals.vote(pid, str(user), channel, vote, reason)
+        if result.kind == "unauthorized":
+            log.warning("unauthorized %s of #%d by %s on %s", vote, pid, user, channel)
+            return self._refuse()
+        if result.kind in ("approved", "rejected", "recorded", "expired"):
+            await self.refresh_proposal(pid)
+        if result.kind == "approved" and self.executor is not None:
+            self._spawn(self.executor.execute(pid))
+        return Reply(result.message, ok=result.ok, proposal_id=pid, private=not result.ok)
+
+    # --- read-only commands ---------------------------------------------------------------------
+
+    async def why(self, ref: str | None, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "why")):
+            return refused
+        if self.asker is None:
+            return Reply("why is not available", ok=False)
+        return await self.asker.why(ref, user, channel)
+
+    async def ask(self, question: str, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "ask")):
+            return refused
+        if self.asker is None:
+            return Reply("asking is not available", ok=False)
+        return await self.asker.ask(question, user, channel)
+
+    async def whatif(self, overrides: str, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "whatif")):
+            return refused
+        if self.asker is None:
+            return Reply("whatif is not available", ok=False)
+        return await self.asker.whatif(overrides, user, channel)
+
+    async def status(self, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "status")):
+            return refused
+        return Reply(status_text(self.store, self.settings, self.now(), self.status_provider() if self.status_provider else {}))
+
+    async def pending(self, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "pending")):
+            return refused
+        rows = self.store.pending_proposals()
+        if not rows:
+            return Reply("No proposal is waiting for a vote.")
+        cards = [self.proposal_card(r.id) for r in rows]
+        return Reply("\n\n".join(c.as_text() for c in cards if c), card=cards[0] if len(cards) == 1 else None)
+
+    async def history(self, n: int, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "history")):
+            return refused
+        rows = self.store.list_decisions(limit=max(1, min(n, 50)))
+        if not rows:
+            return Reply("No decisions yet.")
+        table = render.table(
+            [[r["id"], r["ts"][5:19].replace("T", " "), r["final_action"], r.get("final_symbol") or "",
+              "yes" if r["risk_allowed"] else "BLOCKED", r["decision_source"]] for r in rows],
+            ["id", "time (UTC)", "action", "instrument", "risk", "source"],
+        )
+        return Reply(table)
+
+    async def pause(self, user: str, channel: str, reason: str | None = None) -> Reply:
+        if (refused := await self._guard(channel, user, "pause")):
+            return refused
+        if not self.approvals.pause(str(user), channel, reason):
+            return Reply("Already paused.")
+        cancelled = self.approvals.cancel_pending(None, "paused (kill switch)", str(user), channel)
+        for pid in cancelled:
+            await self.refresh_proposal(pid)
+        await self.notify("pause", f"Paused by {user} ({channel}){': ' + reason if reason else ''}. "
+                                   f"No new proposals, nothing executes until resume."
+                                   + (f" Cancelled pending: {', '.join('#%d' % p for p in cancelled)}." if cancelled else ""))
+        return Reply("Paused.")
+
+    async def resume(self, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "resume")):
+            return refused
+        if not self.approvals.resume(str(user), channel):
+            return Reply("Not paused.")
+        await self.notify("pause", f"Resumed by {user} ({channel}).")
+        return Reply("Resumed.")
+
+    # --- text commands (terminal, chat free text) -------------------------------------------------
+
+    async def handle_text(self, line: str, user: str, channel: str) -> Reply:
+        """Parse one command line (`approve 12`, `reject 12 too close`, `why`, free text...)."""
+        line = line.strip()
+        if not line:
+            return Reply("")
+        if line.startswith("/"):
+            line = line[1:]
+        word, _, rest = line.partition(" ")
+        word = word.lower().split("@", 1)[0]
+        rest = rest.strip()
+        if word in ("approve", "reject"):
+            if (refused := await self._guard(channel, user, word)):
+                return refused
+            ref, _, reason = rest.partition(" ")
+            pid = _parse_id(ref)
+            if pid is None:
+                return Reply(f"usage: {word} <id>{' [reason]' if word == 'reject' else ''}", ok=False, private=True)
+            if word == "approve":
+                return await self.approve(pid, user, channel)
+            return await self.reject(pid, user, channel, reason.strip() or None)
+        if word == "why":
+            return await self.why(rest or None, user, channel)
+        if word == "status":
+            return await self.status(user, channel)
+        if word == "pending":
+            return await self.pending(user, channel)
+        if word == "history":
+            n = _parse_id(rest) if rest else 10
+            return await self.history(n or 10, user, channel)
+        if word == "pause":
+            return await self.pause(user, channel, rest or None)
+        if word == "resume":
+            return await self.resume(user, channel)
+        if word == "whatif":
+            return await self.whatif(rest, user, channel)
+        if word == "ask":
+            return await self.ask(rest, user, channel)
+        if word in ("help", "start", "?"):
+            if (refused := await self._guard(channel, user, "help")):
+                return refused
+            return Reply(HELP_TEXT)
+        return await self.ask(line, user, channel)
+
+
+def _parse_id(text: str) -> int | None:
+    text = text.strip().lstrip("#")
+    try:
+        return int(shlex.split(text)[0]) if text else None
+    except (ValueError, IndexError):
+        return None
+
+
+def _dt(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def status_text(store: Store, settings: Settings, now: datetime, live: dict[str, Any]) -> str:
+    """The /status answer: mode, pause, last tick and its age, account, positions, pending."""
+    lines = [f"{settings.trading_tag} {settings.underlying} covered calls - {settings.exchange}, "
+             f"{settings.effective_decision_mode} brain, {settings.mode} profile, approvals {settings.approval_mode}"]
+    paused = store.get_flag("paused", "0") == "1"
+    lines.append("PAUSED (kill switch on): nothing is proposed or executed" if paused else "Running")
+    last = store.last_decision()
+    if last:
+        age = (now - _dt(last["ts"])).total_seconds()
+        lines.append(f"Last tick #{last['id']} {age:.0f}s ago: {last['final_action']} {last.get('final_symbol') or ''}".rstrip())
+        st = last.get("state") or {}
+        if st:
+            lines.append(f"Spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
+                         f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
+            for p in st.get("pos") or []:
+                lines.append(f"  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+    else:
+        lines.append("No tick yet")
+    pend = store.pending_proposals()
+    lines.append(f"Pending proposals: {', '.join('#%d' % r.id for r in pend) if pend else 'none'}")
+    llm = live.get("llm")
+    if llm:
+        lines.append(llm)
+    for k in ("watchdog", "exchange"):
+        if live.get(k):
+            lines.append(str(live[k]))
+    return "\n".join(lines)

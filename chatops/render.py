@@ -1,0 +1,183 @@
+"""Channel-neutral content of messages: the proposal card, status, why, lists and notices.
+
+Adapters only format a `Card` (plain text, Telegram HTML, Slack blocks); they never decide what
+it says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from agent.models import Action, ActionType, ExecutionResult, RiskResult
+
+ACTION_TITLES = {
+    ActionType.OPEN_COVERED_CALL: "Open covered call",
+    ActionType.ROLL_COVERED_CALL: "Roll covered call",
+    ActionType.CLOSE_COVERED_CALL: "Close covered call",
+    ActionType.DO_NOTHING: "Do nothing",
+}
+
+STATUS_WORDS = {
+    "pending": "Waiting for approval",
+    "approved": "Approved, executing shortly",
+    "executing": "Executing",
+    "executed": "Executed",
+    "failed": "Execution failed",
+    "rejected": "Rejected",
+    "expired": "Expired (not executed)",
+    "superseded": "Superseded by a newer proposal",
+    "cancelled": "Cancelled",
+    "blocked": "Blocked at re-check (not executed)",
+}
+
+FINAL_STATUSES = frozenset({"executed", "failed", "rejected", "expired", "superseded", "cancelled", "blocked"})
+
+
+@dataclass(frozen=True)
+class Card:
+    """A message: a title, label/value fields, free text sections, and a footer line."""
+
+    title: str
+    tag: str  # [PAPER] / [DRY-RUN] / [LIVE]
+    fields: tuple[tuple[str, str], ...] = ()
+    sections: tuple[tuple[str, str], ...] = ()  # (heading, text)
+    footer: str = ""
+    proposal_id: int | None = None
+    status: str | None = None
+    actionable: bool = False  # show Approve / Reject buttons
+
+    def as_text(self) -> str:
+        lines = [f"{self.tag} {self.title}"]
+        width = max((len(k) for k, _ in self.fields), default=0)
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in self.fields]
+        for heading, text in self.sections:
+            indent = "    " if heading else "  "
+            if heading:
+                lines.append(f"  {heading}:")
+            lines += [f"{indent}{t}" for t in text.splitlines() if t.strip()]
+        if self.footer:
+            lines.append(f"  {self.footer}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ProposalView:
+    """Everything a card needs about one proposal, read from the store by the core."""
+
+    id: int
+    status: str
+    action: Action
+    created_at: datetime
+    expires_at: datetime
+    label: str
+    risk: RiskResult | None = None
+    candidate: dict[str, Any] | None = None  # the candidate's numbers at proposal time
+    position: dict[str, Any] | None = None  # the position rolled or closed
+    votes: tuple[tuple[str, str, str, str | None], ...] = ()  # (user, channel, vote, reason)
+    approvals_required: int = 1
+    status_reason: str | None = None
+    execution: ExecutionResult | None = None
+    decided_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _ago(ts: datetime, now: datetime) -> str:
+    s = int((now - ts).total_seconds())
+    if s < 90:
+        return f"{s}s"
+    if s < 5400:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _fmt_expiry(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%d %b %Y %H:%M UTC")
+
+
+def proposal_card(v: ProposalView, tag: str, now: datetime) -> Card:
+    a = v.action
+    fields: list[tuple[str, str]] = [("Instrument", a.symbol or "-")]
+    if a.roll_from:
+        fields.insert(0, ("Rolls from", a.roll_from))
+    c = v.candidate or {}
+    if c:
+        fields += [
+            ("Strike", f"{c['strike']:,.0f}"),
+            ("Expiry", f"{_fmt_expiry(c['expiration_timestamp'])} ({c['dte']:.1f} DTE)"),
+            ("Delta", f"{c['delta']:.2f}"),
+            ("Premium", f"{c['bid']:.4f} {a.underlying} (${c['bid_usd']:,.0f}) per contract"),
+            ("Yield", f"{c['annualized_yield_pct']:.1f}% annualized, {c['otm_pct']:.1f}% OTM"),
+        ]
+    p = v.position or {}
+    if p and a.action == ActionType.CLOSE_COVERED_CALL:
+        fields += [
+            ("Strike", f"{p['strike']:,.0f}"),
+            ("Expiry", f"{_fmt_expiry(p['expiration_timestamp'])} ({p['dte']:.1f} DTE)"),
+            ("Delta", f"{p['delta']:.2f}"),
+            ("Buy back", f"about {a.ref_buy_price or p.get('ask') or p.get('mark'):.4f} {a.underlying} (sold at {p['average_price']:.4f})"),
+        ]
+    fields.append(("Size", f"{a.size:g} {a.underlying}" if a.size else "-"))
+    fields.append(("Source", a.decision_source))
+
+    sections = [("Reasoning", a.reasoning)]
+    if v.risk is not None:
+        risk_text = "allowed: " + "; ".join(v.risk.checks) if v.risk.allowed else "blocked: " + "; ".join(v.risk.reasons)
+        sections.append(("Risk check", risk_text))
+
+    status = STATUS_WORDS.get(v.status, v.status)
+    approvals = [x for x in v.votes if x[2] == "approve"]
+    rejects = [x for x in v.votes if x[2] == "reject"]
+    if v.status == "pending":
+        left = int((v.expires_at - now).total_seconds())
+        status += f" ({len(approvals)}/{v.approvals_required} approvals, expires in {max(left, 0)}s)"
+    if approvals and v.status != "pending":
+        status += " - approved by " + ", ".join(f"{u} ({ch})" for u, ch, _, _ in approvals)
+    if rejects:
+        u, ch, _, reason = rejects[0]
+        status += f" - rejected by {u} ({ch})" + (f": {reason}" if reason else "")
+    if v.status_reason and v.status in ("blocked", "failed", "superseded", "cancelled", "expired"):
+        status += f" - {v.status_reason}"
+    if v.decided_at and v.status in FINAL_STATUSES:
+        status += f" at {v.decided_at.strftime('%H:%M:%S UTC')}"
+    sections.append(("Status", status))
+    if v.execution is not None:
+        sections.append(("Execution", execution_text(v.execution)))
+
+    return Card(
+        title=f"#{v.id} {ACTION_TITLES[a.action]}",
+        tag=tag,
+        fields=tuple(fields),
+        sections=tuple(sections),
+        footer=f"label {v.label} - proposed {_ago(v.created_at, now)} ago",
+        proposal_id=v.id,
+        status=v.status,
+        actionable=v.status == "pending",
+    )
+
+
+def execution_text(e: ExecutionResult) -> str:
+    lines = [f"{e.status.value}{' (dry run)' if e.dry_run else ''}: {e.message}"]
+    for o in e.orders:
+        r = o.request
+        got = f"order {o.order_id} {o.order_state}, filled {o.filled_amount:g}" if o.order_id else "not sent"
+        if o.average_price:
+            got += f" at {o.average_price:g}"
+        if o.error_code is not None:
+            got += f", error {o.error_code}"
+        lines.append(f"{r.side} {r.amount:g} {r.instrument_name} @ {r.price:g}: {got}")
+    return "\n".join(lines)
+
+
+def notice_card(title: str, text: str, tag: str) -> Card:
+    return Card(title=title, tag=tag, sections=(("", text),) if text else ())
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    """A plain-text table for terminals and monospace chat blocks."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

@@ -1,0 +1,109 @@
+"""The bot's loop on APScheduler 3 (asyncio): decision ticks, the sweep, the daily summary, a
+watchdog; and a clean stop on SIGINT/SIGTERM.
+
+A tick never sends an order (it only proposes), so stopping mid-tick abandons nothing
+half-written: the decision row and its proposal are written in their own transactions. An
+execution in flight is allowed to finish and be recorded before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from .app import Bot
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY_S = 2.0
+STOP_GRACE_S = 20.0
+
+
+class BotRunner:
+    def __init__(self, bot: Bot, *, interval: float | None = None, ticks: int | None = None) -> None:
+        self.bot = bot
+        self.interval = interval or bot.settings.loop_interval_sec
+        self.max_ticks = ticks
+        self.stopping = asyncio.Event()
+        self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        self._watchdog_said: str | None = None
+        self._running: set[asyncio.Task] = set()
+
+    async def _job(self, coro_fn) -> None:
+        """Run one job as a tracked task, so a stop can wait for it."""
+        if self.stopping.is_set():
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            await coro_fn()
+        except Exception:  # a job that raises is logged; the schedule goes on
+            log.exception("job %s failed", getattr(coro_fn, "__name__", coro_fn))
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    async def tick_job(self) -> None:
+        await self._job(self.bot.tick)
+        if self.max_ticks is not None and self.bot.ticks_done >= self.max_ticks:
+            self.scheduler.pause_job("tick")
+
+    async def sweep_job(self) -> None:
+        await self._job(self.bot.sweep)
+        if self.max_ticks is not None and self.bot.ticks_done >= self.max_ticks and self._nothing_in_flight():
+            log.info("%d ticks done and nothing left to decide: stopping", self.bot.ticks_done)
+            self.stopping.set()
+
+    def _nothing_in_flight(self) -> bool:
+        return not self.bot.store.proposals_in_status("pending", "approved", "executing")
+
+    async def watchdog_job(self) -> None:
+        problem = self.bot.watchdog_problem()
+        if problem and problem != self._watchdog_said:
+            await self.bot.core.notify("watchdog", problem)
+        elif not problem and self._watchdog_said:
+            await self.bot.core.notify("watchdog", "Watchdog: ticks are back to normal.")
+        self._watchdog_said = problem
+
+    async def daily_job(self) -> None:
+        await self._job(self.bot.daily_summary)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
+        s = self.scheduler
+        s.add_job(self.tick_job, "interval", seconds=self.interval, id="tick", max_instances=1, coalesce=True,
+                  next_run_time=datetime.now(timezone.utc), misfire_grace_time=int(self.interval))
+        s.add_job(self.sweep_job, "interval", seconds=SWEEP_EVERY_S, id="sweep", max_instances=1, coalesce=True)
+        s.add_job(self.watchdog_job, "interval", seconds=max(min(self.interval, 60.0), 5.0), id="watchdog",
+                  max_instances=1, coalesce=True)
+        # After the 08:00 UTC expiry and settlement.
+        s.add_job(self.daily_job, "cron", hour=8, minute=5, id="daily", max_instances=1, coalesce=True)
+        s.start()
+        try:
+            await self.stopping.wait()
+        finally:
+            await self.shutdown()
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("received %s: stopping after the work in flight", signal.Signals(sig).name)
+        self.stopping.set()
+
+    async def shutdown(self) -> None:
+        self.stopping.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self._running:
+            done, pending = await asyncio.wait(list(self._running), timeout=STOP_GRACE_S)
+            for t in pending:
+                t.cancel()
+        await self.bot.core.drain()
