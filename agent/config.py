@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     paper_seed: int = 7
     paper_equity: float = Field(1.0, ge=0)
     paper_speed: float | None = Field(None, gt=0)  # simulated clock speed factor; None = wall time
+    paper_client_id: str | None = None
     paper_client_secret: SecretStr | None = None
 
     # Brains
@@ -118,7 +119,7 @@ class Settings(BaseSettings):
     max_net_delta_abs: float = Field(1.0, ge=0)
     max_expiry_exposure: float = Field(0.5, ge=0)
     max_state_age_sec: float = Field(30.0, gt=0)
-    max_slippage_pct: float = Field(5.0, ge=0, le=100)
+    max_slippage_pct: float = Field(10.0, ge=0, le=100)  # BTC option spreads are wide: 1 tick of 0.0005 is ~4 % of a 0.012 premium
 
     # Loop and approvals
     loop_interval_sec: float = Field(300.0, ge=1)

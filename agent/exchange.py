@@ -29,9 +29,10 @@ def open_exchange(settings: Settings, *, clock: Clock | None = None, reset_paper
         client = DeribitClient(settings.deribit_base_url, settings.secret("deribit_client_id"),
                                settings.secret("deribit_client_secret"))
         return Exchange(client, clock or WallClock(), None, f"Deribit at {settings.deribit_base_url}")
+    key_id = settings.paper_client_id or PAPER_KEY[0]
     secret = settings.secret("paper_client_secret") or PAPER_KEY[1]
     if settings.paper_exchange_url:
-        client = DeribitClient(settings.paper_exchange_url, PAPER_KEY[0], secret, backoff_base_s=0.2)
+        client = DeribitClient(settings.paper_exchange_url, key_id, secret, backoff_base_s=0.2)
         return Exchange(client, clock or WallClock(), None, f"paper exchange at {settings.paper_exchange_url}")
     from .deribit.paper import PaperExchange  # only needed in process
 
@@ -40,6 +41,7 @@ def open_exchange(settings: Settings, *, clock: Clock | None = None, reset_paper
     paper = PaperExchange(
         currency=settings.underlying, seed=settings.paper_seed, initial_equity=settings.paper_equity,
         state_path=settings.effective_paper_state_path, reset=reset_paper, clock=clock,
+        client_id=settings.paper_client_id, client_secret=settings.secret("paper_client_secret"),
     )
-    client = DeribitClient("http://paper.invalid", PAPER_KEY[0], secret, transport=paper.transport(), backoff_base_s=0.05)
+    client = DeribitClient("http://paper.invalid", key_id, secret, transport=paper.transport(), backoff_base_s=0.05)
     return Exchange(client, clock, paper, f"paper exchange in process ({settings.effective_paper_state_path})")

@@ -42,7 +42,8 @@ class Bot:
                  channels: list | None = None, llm_client: Any = None) -> None:
         self.settings = settings
         self.exchange = exchange or open_exchange(settings)
-        self.store = store or Store(settings.database_path)
+        # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
+        self.store = store or Store(settings.database_path, now=self.now)
         self.llm_client = llm_client
         names = tuple(ch.name for ch in channels) if channels is not None else enabled_channel_names(settings)
         self.approvals = ApprovalService(self.store, settings, now=self.now, enabled_channels=names)
@@ -207,7 +208,8 @@ class Bot:
         if row is None:
             return
         if row.status == "executed":
-            await self.core.notify("fill", f"#{pid} executed: {row.status_reason or ''}".strip())
+            filled = " filled" in (row.status_reason or "") or (row.status_reason or "").startswith("filled")
+            await self.core.notify("fill" if filled else "order", f"#{pid} executed: {row.status_reason or ''}".strip())
         elif row.status in ("failed", "blocked"):
             await self.core.notify("failure", f"#{pid} {row.status}: {row.status_reason or ''}".strip())
 
@@ -217,7 +219,7 @@ class Bot:
         props = self.store.list_proposals(since=since, limit=100000)
         by_status: dict[str, int] = {}
         for p in props:
-            by_status[p["status"]] = by_status.get(p["status"], 0) + 1
+            by_status[p.status] = by_status.get(p.status, 0) + 1
         text = (f"Daily summary: {len(decisions)} ticks, {len(props)} proposals "
                 f"({', '.join(f'{v} {k}' for k, v in sorted(by_status.items())) or 'none'}).")
         last = self.store.last_decision()

@@ -12,6 +12,7 @@ import csv
 import getpass
 import json
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,7 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
         return 0
     rows = store.pending_proposals()
     if as_json:
-        print(json.dumps([r.__dict__ if hasattr(r, "__dict__") else dict(r) for r in rows], default=str, indent=2))
+        print(json.dumps([asdict(r) for r in rows], default=str, indent=2))
         return 0
     if not rows:
         print("No proposal is waiting for a vote.")
@@ -315,7 +316,8 @@ def _audit(store, settings: Settings, args) -> int:
         rows = store.list_decisions(since=since, until=until, action=args.action, limit=args.limit)
         headers = ["id", "ts", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
     elif sub == "proposals":
-        rows = store.list_proposals(status=args.status, since=since, until=until, action=args.action, limit=args.limit)
+        rows = [asdict(r) for r in store.list_proposals(status=args.status, since=since, until=until, action=args.action,
+                                                        limit=args.limit)]
         headers = ["id", "created_at", "action", "symbol", "size", "status", "status_reason"]
     else:
         rows = store.list_events(since=since, until=until, proposal_id=args.proposal, kind=args.kind, limit=args.limit)

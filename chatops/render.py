@@ -48,16 +48,20 @@ class Card:
     status: str | None = None
     actionable: bool = False  # show Approve / Reject buttons
 
-    def as_text(self) -> str:
+    def as_text(self, compact: bool = False) -> str:
+        """Plain text; `compact` keeps only the title, status and execution (for updates)."""
         lines = [f"{self.tag} {self.title}"]
         width = max((len(k) for k, _ in self.fields), default=0)
-        lines += [f"  {k.ljust(width)}  {v}" for k, v in self.fields]
+        if not compact:
+            lines += [f"  {k.ljust(width)}  {v}" for k, v in self.fields]
         for heading, text in self.sections:
+            if compact and heading not in ("Status", "Execution"):
+                continue
             indent = "    " if heading else "  "
             if heading:
                 lines.append(f"  {heading}:")
             lines += [f"{indent}{t}" for t in text.splitlines() if t.strip()]
-        if self.footer:
+        if self.footer and not compact:
             lines.append(f"  {self.footer}")
         return "\n".join(lines)
 

@@ -48,8 +48,8 @@ class ConsoleChannel:
         self.stdout.write(text + "\n")
         self.stdout.flush()
 
-    def _render(self, card: Card) -> str:
-        text = card.as_text()
+    def _render(self, card: Card, compact: bool = False) -> str:
+        text = card.as_text(compact)
         first, _, rest = text.partition("\n")
         colour = {"executed": GREEN, "failed": RED, "blocked": RED, "rejected": YELLOW, "expired": DIM}.get(card.status or "", BOLD)
         return self._c(colour, first) + ("\n" + rest if rest else "")
@@ -69,8 +69,7 @@ class ConsoleChannel:
         self._seen_final.add(key)
         if card.status in ("pending",):
             return
-        self._print("")
-        self._print(self._render(card))
+        self._print(self._render(card, compact=True))
 
     async def notify(self, notice: Notice) -> None:
         self._print(self._c(YELLOW, f"[{notice.kind}] ") + notice.text)

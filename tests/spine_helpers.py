@@ -1,0 +1,30 @@
+"""A bot wired to the in-process paper exchange on a simulated clock, for spine tests."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from agent.clock import SimClock
+from agent.config import load_settings
+from agent.exchange import open_exchange
+from chatops.adapters.console import ConsoleChannel
+from chatops.app import Bot
+
+
+def make_settings(tmp_path: Path, **kw):
+    base = dict(database_path=str(tmp_path / "chatops.db"), paper_state_path=str(tmp_path / "paper.json"),
+                console_allowed_users="alice,bob")
+    base.update(kw)
+    return load_settings(env_file=None, **base)
+
+
+def make_bot(tmp_path: Path, *, clock: SimClock | None = None, out: io.StringIO | None = None, **kw) -> Bot:
+    settings = make_settings(tmp_path, **kw)
+    clock = clock or SimClock()
+    console = ConsoleChannel(stdout=out or io.StringIO(), user="alice", read_input=False)
+    return Bot(settings, exchange=open_exchange(settings, clock=clock), channels=[console])
+
+
+async def orders_with_label(bot: Bot, label: str):
+    return await bot.exchange.client.get_order_state_by_label(bot.settings.underlying, label)
