@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .clock import Clock, SimClock, WallClock
 from .config import Settings
-from .deribit.client import DeribitClient
+from .deribit.client import DeribitClient, RateLimiter
 
 PAPER_KEY = ("paper-bot", "paper-bot-secret")
 
@@ -43,5 +43,9 @@ def open_exchange(settings: Settings, *, clock: Clock | None = None, reset_paper
         state_path=settings.effective_paper_state_path, reset=reset_paper, clock=clock,
         client_id=settings.paper_client_id, client_secret=settings.secret("paper_client_secret"),
     )
-    client = DeribitClient("http://paper.invalid", key_id, secret, transport=paper.transport(), backoff_base_s=0.05)
+    # The in-process paper exchange has no rate limits of its own, and under a simulated clock a
+    # day of ticks may run in seconds: Deribit's 20 calls/s would only slow the simulation down.
+    fast = RateLimiter(ordinary_per_s=10_000, ordinary_burst=10_000, orders_per_s=10_000, orders_burst=10_000)
+    client = DeribitClient("http://paper.invalid", key_id, secret, transport=paper.transport(), backoff_base_s=0.05,
+                           limiter=fast)
     return Exchange(client, clock, paper, f"paper exchange in process ({settings.effective_paper_state_path})")

@@ -117,7 +117,11 @@ def _decide_open(state: AgentState, settings: Settings) -> Action:
 
 def _manage(state: AgentState, p: OptionPosition, settings: Settings) -> Action:
     sym = p.instrument_name
-    size = abs(p.size)
+    # DEFAULT_ORDER_SIZE here too, capped at the short: a larger position opened by hand is managed
+    # one order at a time, like the LLM brain does.
+    size = min(order_size(settings, p.min_trade_amount), abs(p.size))
+    if size <= 0:
+        return _nothing(state, f"Hold {sym}: DEFAULT_ORDER_SIZE {settings.default_order_size:g} is below its minimum trade amount.")
     hours_left = p.dte * 24.0
     cost = close_cost(p)
     captured = (1.0 - cost / p.average_price) * 100.0 if p.average_price > 0 else 0.0

@@ -44,6 +44,10 @@ class Bot:
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
         self.store = store or Store(settings.database_path, now=self.now)
+        if llm_client is None and (settings.llm_enabled or settings.effective_decision_mode != "rule"):
+            from agent.llm import make_client
+
+            llm_client = make_client(settings)  # one client, one connection pool, for the bot's life
         self.llm_client = llm_client
         names = tuple(ch.name for ch in channels) if channels is not None else enabled_channel_names(settings)
         self.approvals = ApprovalService(self.store, settings, now=self.now, enabled_channels=names)
@@ -110,6 +114,8 @@ class Bot:
         self.core.channels.clear()
         self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
         await self.exchange.aclose()
+        if self.llm_client is not None and hasattr(self.llm_client, "close"):
+            await self.llm_client.close()
         self.store.close()
 
     # --- jobs -------------------------------------------------------------------------------------
@@ -150,8 +156,6 @@ class Bot:
         decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,
                                   llm_brain=brain)
         decision_id = self.store.record_decision(decision)
-        for rec in decision.llm_calls:
-            self.store.record_llm_call(decision_id=decision_id, **rec)
         self.ticks_done += 1
         self.exchange_failures = 0
         self.last_tick_error = None

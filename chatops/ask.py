@@ -108,16 +108,14 @@ class Asker:
         if not self.llm_on:
             self._record(user, channel, "ask", question, NO_LLM_REPLY, "rules")
             return Reply(NO_LLM_REPLY)
-        from agent.llm import llm_chat, llm_whatif_overrides
+        from agent.llm import llm_chat, llm_whatif_overrides, whatif_command
 
         lowered = question.lower()
         if "what if" in lowered or "what would you do" in lowered or "would you do if" in lowered:
             overrides, record = await llm_whatif_overrides(question, self.settings, client=self.llm_client)
             self._log_llm(record, "ask")
             if overrides:
-                text_overrides = " ".join(f"{k}={v}" for k, v in overrides.items())
-                reply = await self.whatif(text_overrides, user, channel, question=question)
-                return reply
+                return await self.whatif(whatif_command(overrides), user, channel, question=question)
         context = await self._context()
         out = await llm_chat(self.settings, ASK_SYSTEM,
                              f"Context:\n{json.dumps(context, default=str)[:8000]}\n\nQuestion: {question}",

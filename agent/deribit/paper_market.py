@@ -1,0 +1,556 @@
+"""The simulated option market behind the paper exchange.
+
+A seeded spot path per currency, Deribit's expiry calendar, strike grids fixed when an expiry is
+listed, and Black-76 marks with a volatility smile, quoted onto Deribit's tick grid. Everything here
+is a pure function of (market parameters, time): no I/O, no wall clock. The exchange in `paper.py`
+owns the accounts and the order book and asks this module for prices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from array import array
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from statistics import NormalDist
+from typing import Any, Iterable, Literal
+
+from ..pricing import call_price_coin
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+YEAR_MS = 365 * DAY_MS
+EXPIRY_HOUR_UTC = 8
+CARRY = 0.05  # forward = spot * exp(CARRY * T): a small contango, as on Deribit
+BLOCK = 1024  # spot-path steps drawn per RNG block
+SETTLEMENT_WINDOW_MS = 30 * 60_000
+
+TICK_SIZE = 0.0001
+TICK_STEPS: tuple[dict[str, float], ...] = ({"above_price": 0.005, "tick_size": 0.0005},)
+MIN_TRADE = {"BTC": 0.1, "ETH": 1.0}
+DEFAULT_SPOT = {"BTC": 95_000.0, "ETH": 3_500.0}
+MAX_OPEN_INTEREST = {"BTC": 1_200.0, "ETH": 15_000.0}
+NO_BID_BELOW = 0.0002  # marks under this quote no bid (deep out of the money)
+HALF_SPREAD = 0.035  # of mark; the spread is rounded outward to whole ticks
+
+Kind = Literal["day", "week", "month", "quarter"]
+_MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+_N = NormalDist()
+
+# Strike spacing as a fraction of the forward (500 / 1000 / 2500 / 5000 at BTC 95,000) and the
+# half-width of the grid around the forward, by the kind of expiry: wider for longer tenors.
+GRID: dict[str, tuple[float, float]] = {
+    "day": (500 / 95_000, 0.08),
+    "week": (1_000 / 95_000, 0.20),
+    "month": (2_500 / 95_000, 0.40),
+    "quarter": (5_000 / 95_000, 0.60),
+}
+
+
+# --- the expiry calendar ---------------------------------------------------------------------
+
+
+def _ms(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, EXPIRY_HOUR_UTC, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def _date(ms: int) -> date:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date()
+
+
+def _last_friday(year: int, month: int) -> date:
+    nxt = date(year + (month == 12), month % 12 + 1, 1)
+    d = nxt - timedelta(days=1)
+    return d - timedelta(days=(d.weekday() - 4) % 7)
+
+
+def expiry_kind(expiry_ms: int) -> Kind:
+    """Quarterly, monthly (last Friday), weekly (Friday) or daily, from the date alone."""
+    d = _date(expiry_ms)
+    if d.weekday() == 4 and d == _last_friday(d.year, d.month):
+        return "quarter" if d.month % 3 == 0 else "month"
+    return "week" if d.weekday() == 4 else "day"
+
+
+def settlement_period(kind: Kind) -> str:
+    """Deribit's `settlement_period`: quarterlies are monthly expiries too."""
+    return {"day": "day", "week": "week", "month": "month", "quarter": "month"}[kind]
+
+
+def next_boundary(t_ms: int) -> int:
+    """The first 08:00 UTC strictly after `t_ms`: when expiries settle and new ones list."""
+    d = _date(t_ms)
+    b = _ms(d)
+    return b if b > t_ms else _ms(d + timedelta(days=1))
+
+
+def calendar(now_ms: int) -> list[int]:
+    """Expiries (ms, 08:00 UTC) listed at `now_ms`: Deribit's dailies, weeklies, monthlies, quarterlies."""
+    first = _date(next_boundary(now_ms))
+    out: set[date] = {first + timedelta(days=i) for i in range(3)}
+    friday = first + timedelta(days=(4 - first.weekday()) % 7)
+    out |= {friday + timedelta(weeks=i) for i in range(4)}
+    y, m, monthly = first.year, first.month, []
+    while len(monthly) < 3:
+        lf = _last_friday(y, m)
+        if lf >= first:
+            monthly.append(lf)
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    out |= set(monthly)
+    horizon = first + timedelta(days=370)
+    y, m = first.year, first.month
+    while date(y, m, 1) <= horizon:
+        lf = _last_friday(y, m)
+        if m % 3 == 0 and first <= lf <= horizon:
+            out.add(lf)
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return sorted(_ms(d) for d in out)
+
+
+def expiry_code(expiry_ms: int) -> str:
+    """`4DEC26`: day without a leading zero, month, two-digit year."""
+    d = _date(expiry_ms)
+    return f"{d.day}{_MONTHS[d.month - 1]}{d.year % 100:02d}"
+
+
+def format_strike(strike: float) -> str:
+    return str(int(strike)) if float(strike).is_integer() else repr(float(strike))
+
+
+def instrument_name(currency: str, expiry_ms: int, strike: float, option_type: str) -> str:
+    return f"{currency}-{expiry_code(expiry_ms)}-{format_strike(strike)}-{'C' if option_type == 'call' else 'P'}"
+
+
+# --- strike grid -----------------------------------------------------------------------------
+
+
+def nice_spacing(raw: float) -> float:
+    """The round number (1, 2.5 or 5 times a power of ten) nearest to `raw` on a log scale."""
+    exp = math.floor(math.log10(raw))
+    best = raw
+    best_gap = math.inf
+    for e in (exp - 1, exp, exp + 1):
+        for m in (1.0, 2.5, 5.0):
+            cand = m * 10.0**e
+            gap = abs(math.log(cand / raw))
+            if gap < best_gap:
+                best, best_gap = cand, gap
+    return float(round(best, 10))
+
+
+def strike_grid(forward: float, kind: Kind) -> tuple[float, ...]:
+    """Round strikes around the forward at listing time; spacing and width grow with tenor."""
+    frac, width = GRID[kind]
+    sp = nice_spacing(forward * frac)
+    lo = math.ceil(forward * (1 - width) / sp)
+    hi = math.floor(forward * (1 + width) / sp)
+    return tuple(float(round(i * sp, 10)) for i in range(max(lo, 1), hi + 1))
+
+
+# --- tick grid -------------------------------------------------------------------------------
+# Quotes are computed in whole "pips" of the base tick (0.0001): integer arithmetic is exact and
+# several times faster than Decimal rounding, which matters when the whole chain is quoted per call.
+# Tests check every quote with agent.pricing.is_on_grid.
+
+_PIP = TICK_SIZE
+_COARSE_ABOVE_PIPS = round(TICK_STEPS[0]["above_price"] / _PIP)  # 50: above 0.005 ...
+_COARSE_PIPS = round(TICK_STEPS[0]["tick_size"] / _PIP)  # ... the tick is 5 pips (0.0005)
+_PIPS_PER_COIN = round(1 / _PIP)  # dividing by an integer gives the shortest repr (0.0085, not 0.00850000001)
+
+
+def bid_ask(mark: float) -> tuple[float | None, float]:
+    """Quotes around a mark: a spread of 2 x 3.5 % of it, in whole ticks (at least one).
+
+    bid <= mark <= ask always, both on the grid; no bid under NO_BID_BELOW. The spread is counted
+    in ticks rather than rounded outward on each side, so a near-the-money weekly is one tick wide
+    (under 10 % of mid) as on Deribit, not two.
+    """
+    pips = mark * _PIPS_PER_COIN
+    tick = _COARSE_PIPS if pips > _COARSE_ABOVE_PIPS else 1
+    n = max(1, round(2 * HALF_SPREAD * pips / tick))
+    lo = pips - (n - 1) * tick / 2
+    t_lo = _COARSE_PIPS if lo > _COARSE_ABOVE_PIPS else 1
+    bid = math.floor(lo / t_lo + 1e-9) * t_lo
+    hi = max(bid + n * tick, pips)
+    t_hi = _COARSE_PIPS if hi > _COARSE_ABOVE_PIPS else 1
+    ask = math.ceil(hi / t_hi - 1e-9) * t_hi
+    if mark < NO_BID_BELOW or bid <= 0:
+        return None, max(ask, 1) / _PIPS_PER_COIN
+    return bid / _PIPS_PER_COIN, ask / _PIPS_PER_COIN
+
+
+# --- volatility ------------------------------------------------------------------------------
+
+
+def atm_iv(vol: float, t_years: float) -> float:
+    """At-the-money implied vol: a gentle upward term structure around the path's own volatility."""
+    return vol * (0.95 + 0.15 * (1.0 - math.exp(-t_years / 0.25)))
+
+
+def smile_iv(atm: float, forward: float, strike: float, t_years: float) -> float:
+    """iv = atm * (1 + a*m + b*m^2), m = ln(K/F)/sqrt(T): a smile with out-of-the-money calls slightly bid."""
+    m = math.log(strike / forward) / math.sqrt(max(t_years, 1.0 / (365 * 24)))
+    m = min(max(m, -3.0), 3.0)
+    return min(max(atm * (1.0 + 0.06 * m + 0.12 * m * m), 0.05), 3.0)
+
+
+# --- deterministic randomness ----------------------------------------------------------------
+
+
+def unit_hash(*parts: Any) -> float:
+    """A uniform number in [0, 1) from its arguments: the same on every run and machine."""
+    h = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class MarketParams:
+    """What fixes a currency's price path; stored with the state so a restart continues the path."""
+
+    currency: str
+    seed: int
+    start_ms: int
+    spot0: float
+    vol: float = 0.5
+    step_ms: int = 60_000
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"currency": self.currency, "seed": self.seed, "start_ms": self.start_ms, "spot0": self.spot0,
+                "vol": self.vol, "step_ms": self.step_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MarketParams":
+        return cls(str(d["currency"]), int(d["seed"]), int(d["start_ms"]), float(d["spot0"]), float(d["vol"]),
+                   int(d["step_ms"]))
+
+
+class SpotPath:
+    """Geometric Brownian motion (zero drift in price) on a fixed step, plus test shocks.
+
+    Increments come in blocks of BLOCK normals, each block from an RNG keyed on (seed, currency,
+    block index), so the value at a time does not depend on how often or in which order the path is
+    sampled. Block totals are summed incrementally and kept; the per-step prefix sums of a block are
+    kept for a bounded number of blocks (regenerating one costs well under a millisecond).
+    """
+
+    _KEEP_BLOCKS = 64
+
+    def __init__(self, params: MarketParams, shocks: Iterable[tuple[int, float]] = ()) -> None:
+        self.params = params
+        self._sd = params.vol * math.sqrt(params.step_ms / YEAR_MS)
+        self._drift = -0.5 * self._sd * self._sd  # E[S] stays constant: drift 0 in price terms
+        self._block_start: list[float] = [0.0]  # sum of all increments before block i
+        self._inner: dict[int, array] = {}
+        self.shocks: list[tuple[int, float]] = sorted((int(t), float(f)) for t, f in shocks)
+        self.version = 0
+
+    def _rng(self, b: int, part: str) -> random.Random:
+        return random.Random(f"paper-spot:{self.params.seed}:{self.params.currency}:{b}:{part}")
+
+    def _block_total(self, b: int) -> float:
+        # A block's sum of BLOCK standard normals is N(0, BLOCK): drawn directly, so the path a
+        # year out costs one draw per block, not one per step.
+        return math.sqrt(BLOCK) * self._rng(b, "total").gauss(0.0, 1.0)
+
+    def _block(self, b: int) -> array:
+        """Prefix sums of block b's increments: a random walk bridged onto the block's total."""
+        blk = self._inner.get(b)
+        if blk is not None:
+            return blk
+        if len(self._inner) >= self._KEEP_BLOCKS:
+            self._inner.pop(next(iter(self._inner)))
+        rng = self._rng(b, "steps")
+        raw = [0.0] * (BLOCK + 1)
+        s = 0.0
+        for i in range(1, BLOCK + 1):
+            s += rng.gauss(0.0, 1.0)
+            raw[i] = s
+        # Brownian bridge: remove the walk's own end point, put the block's total in its place.
+        shift = (self._block_total(b) - s) / BLOCK
+        blk = self._inner[b] = array("d", (raw[i] + shift * i for i in range(BLOCK + 1)))
+        return blk
+
+    def _cum(self, k: int) -> float:
+        """Sum of the first k standard-normal increments."""
+        b, j = divmod(k, BLOCK)
+        while len(self._block_start) <= b:
+            self._block_start.append(self._block_start[-1] + self._block_total(len(self._block_start) - 1))
+        return self._block_start[b] + (self._block(b)[j] if j else 0.0)
+
+    def step_index(self, t_ms: int) -> int:
+        return max(0, (t_ms - self.params.start_ms) // self.params.step_ms)
+
+    def spot(self, t_ms: int) -> float:
+        k = self.step_index(t_ms)
+        log_s = math.log(self.params.spot0) + self._sd * self._cum(k) + self._drift * k
+        for at, factor in self.shocks:
+            if at > t_ms:
+                break
+            log_s += math.log(factor)
+        return math.exp(log_s)
+
+    def add_shock(self, t_ms: int, factor: float) -> None:
+        """Multiply the spot by `factor` from `t_ms` on: the past is left as it was."""
+        if factor <= 0:
+            raise ValueError("a shock factor must be positive")
+        self.shocks.append((int(t_ms), float(factor)))
+        self.shocks.sort()
+        self.version += 1
+
+    def average(self, end_ms: int, window_ms: int = SETTLEMENT_WINDOW_MS) -> float:
+        """Mean of one sample per step over [end - window, end): Deribit's 30-minute settlement average."""
+        n = max(1, window_ms // self.params.step_ms)
+        start = end_ms - n * self.params.step_ms
+        return sum(self.spot(start + i * self.params.step_ms) for i in range(n)) / n
+
+
+# --- instruments and quotes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """A listed option: everything static about it."""
+
+    name: str
+    currency: str
+    expiry_ms: int
+    strike: float
+    option_type: str  # "call" | "put"
+    kind: Kind
+    listed_ms: int
+    instrument_id: int
+    open_interest: float
+    volume: float
+
+    @property
+    def min_trade_amount(self) -> float:
+        return MIN_TRADE.get(self.currency, 1.0)
+
+
+@dataclass
+class Expiry:
+    """One listed expiry: its strike grid is fixed at listing time around the then forward."""
+
+    expiry_ms: int
+    kind: Kind
+    listed_ms: int
+    listing_forward: float
+    strikes: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"expiry_ms": self.expiry_ms, "kind": self.kind, "listed_ms": self.listed_ms,
+                "listing_forward": self.listing_forward, "strikes": list(self.strikes)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Expiry":
+        return cls(int(d["expiry_ms"]), d["kind"], int(d["listed_ms"]), float(d["listing_forward"]),
+                   tuple(float(s) for s in d["strikes"]))
+
+
+@dataclass(frozen=True)
+class Quote:
+    """An option's price at one instant. Marks are in coin and need not be on the tick grid."""
+
+    mark: float
+    iv: float  # fraction, rounded so that Black-76(underlying, strike, iv) reproduces the mark
+    forward: float
+    spot: float
+    t_years: float
+    bid: float | None
+    ask: float
+
+    def d1(self, strike: float) -> float:
+        sd = self.iv * math.sqrt(self.t_years)
+        return (math.log(self.forward / strike) + 0.5 * sd * sd) / sd if sd > 0 else (math.inf if self.forward > strike else -math.inf)
+
+
+def _forward(spot: float, t_years: float) -> float:
+    return round(spot * math.exp(CARRY * t_years), 2)
+
+
+def underlying_index(currency: str, expiry: Expiry) -> str:
+    """Dailies price off the index; longer expiries off their future, named like Deribit's."""
+    return "index_price" if expiry.kind == "day" else f"{currency}-{expiry_code(expiry.expiry_ms)}"
+
+
+@dataclass
+class Market:
+    """One currency's option market: its path, its listed expiries and the instruments on them."""
+
+    params: MarketParams
+    path: SpotPath
+    expiries: dict[int, Expiry] = field(default_factory=dict)
+    settled: list[Expiry] = field(default_factory=list)  # most recent last, bounded
+    options: dict[str, OptionSpec] = field(default_factory=dict)
+    expired_options: dict[str, OptionSpec] = field(default_factory=dict)
+    by_expiry: dict[int, list[OptionSpec]] = field(default_factory=dict)
+    _expired_specs: dict[int, list[OptionSpec]] = field(default_factory=dict, repr=False)
+    version: int = 0
+    _summary_cache: tuple[tuple[int, int], list[dict[str, Any]]] | None = field(default=None, repr=False)
+
+    MAX_SETTLED = 60
+
+    @classmethod
+    def create(cls, params: MarketParams, shocks: Iterable[tuple[int, float]] = ()) -> "Market":
+        return cls(params=params, path=SpotPath(params, shocks))
+
+    @property
+    def currency(self) -> str:
+        return self.params.currency
+
+    def spot(self, t_ms: int) -> float:
+        return round(self.path.spot(t_ms), 2)
+
+    # -- listing and expiry --
+
+    def list_due(self, now_ms: int) -> list[Expiry]:
+        """List the calendar's expiries that are not listed yet, around the forward at `now_ms`."""
+        added = []
+        settled_ms = {e.expiry_ms for e in self.settled}
+        spot = self.spot(now_ms)
+        for exp_ms in calendar(now_ms):
+            if exp_ms in self.expiries or exp_ms in settled_ms:
+                continue
+            kind = expiry_kind(exp_ms)
+            fwd = _forward(spot, (exp_ms - now_ms) / YEAR_MS)
+            e = Expiry(exp_ms, kind, now_ms, fwd, strike_grid(fwd, kind))
+            self.expiries[exp_ms] = e
+            added.append(e)
+        if added:
+            self._reindex()
+        return added
+
+    def pop_expired(self, upto_ms: int) -> list[Expiry]:
+        """Unlist the expiries at or before `upto_ms` (the caller settles them)."""
+        gone = [e for ms, e in sorted(self.expiries.items()) if ms <= upto_ms]
+        for e in gone:
+            del self.expiries[e.expiry_ms]
+            self.settled.append(e)
+            self._expired_specs[e.expiry_ms] = self.by_expiry.get(e.expiry_ms) or self._specs(e)
+            for spec in self._expired_specs[e.expiry_ms]:
+                self.expired_options[spec.name] = spec
+        if gone:
+            for old in self.settled[: -self.MAX_SETTLED]:
+                for spec in self._expired_specs.pop(old.expiry_ms, ()):
+                    self.expired_options.pop(spec.name, None)
+            del self.settled[: -self.MAX_SETTLED]
+            self._reindex()
+        return gone
+
+    def restore(self, expiries: Iterable[Expiry], settled: Iterable[Expiry]) -> None:
+        self.expiries = {e.expiry_ms: e for e in expiries}
+        self.settled = list(settled)
+        self._expired_specs = {e.expiry_ms: self._specs(e) for e in self.settled}
+        self.expired_options = {s.name: s for specs in self._expired_specs.values() for s in specs}
+        self._reindex()
+
+    def _specs(self, e: Expiry) -> list[OptionSpec]:
+        cur, seed = self.currency, self.params.seed
+        max_oi = MAX_OPEN_INTEREST.get(cur, 1_000.0)
+        width = GRID[e.kind][1] / 2.5
+        out = []
+        for strike in e.strikes:
+            # Open interest peaks near the money and thins out towards the wings.
+            closeness = math.exp(-0.5 * (math.log(strike / e.listing_forward) / width) ** 2)
+            for ot in ("call", "put"):
+                name = instrument_name(cur, e.expiry_ms, strike, ot)
+                oi = round(max_oi * closeness * (0.35 + 0.65 * unit_hash(seed, name, "oi")), 1)
+                vol = round(oi * 0.05 * unit_hash(seed, name, "volume"), 1)
+                iid = 100_000 + int(unit_hash(seed, name, "id") * 900_000)
+                out.append(OptionSpec(name, cur, e.expiry_ms, strike, ot, e.kind, e.listed_ms, iid, oi, vol))
+        return out
+
+    def _reindex(self) -> None:
+        # Specs of an expiry never change once listed: keep them, build only the new ones.
+        self.by_expiry = {ms: self.by_expiry.get(ms) or self._specs(self.expiries[ms]) for ms in sorted(self.expiries)}
+        self.options = {s.name: s for specs in self.by_expiry.values() for s in specs}
+        self.version += 1
+        self._summary_cache = None
+
+    def settlement_price(self, expiry_ms: int) -> float:
+        return round(self.path.average(expiry_ms), 2)
+
+    # -- pricing --
+
+    def quote(self, spec: OptionSpec, now_ms: int) -> Quote:
+        """Mark, iv and quotes of one option at `now_ms` (intrinsic once expired)."""
+        spot = self.spot(now_ms)
+        t = max((spec.expiry_ms - now_ms) / YEAR_MS, 0.0)
+        fwd = _forward(spot, t)
+        if t <= 0:
+            intrinsic = max(fwd - spec.strike, 0.0) if spec.option_type == "call" else max(spec.strike - fwd, 0.0)
+            mark = intrinsic / fwd
+            bid, ask = bid_ask(mark) if mark > 0 else (None, TICK_SIZE)
+            return Quote(mark, 0.0, fwd, spot, 0.0, bid, ask)
+        iv = round(smile_iv(atm_iv(self.params.vol, t), fwd, spec.strike, t) * 100.0, 2) / 100.0
+        call = call_price_coin(fwd, spec.strike, iv, t)
+        mark = call if spec.option_type == "call" else call - (fwd - spec.strike) / fwd
+        mark = round(max(mark, 0.0), 8)
+        bid, ask = bid_ask(mark)
+        return Quote(mark, iv, fwd, spot, t, bid, ask)
+
+    def greeks(self, spec: OptionSpec, q: Quote) -> dict[str, float]:
+        """Black-76 greeks as Deribit shows them: delta N(d1) (minus 1 for puts), vega and theta in USD."""
+        if q.t_years <= 0 or q.iv <= 0:
+            itm = q.forward > spec.strike if spec.option_type == "call" else q.forward < spec.strike
+            d = (1.0 if itm else 0.0) * (1 if spec.option_type == "call" else -1)
+            return {"delta": d, "gamma": 0.0, "vega": 0.0, "theta": 0.0, "rho": 0.0}
+        d1 = q.d1(spec.strike)
+        pdf = math.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi)
+        sqrt_t = math.sqrt(q.t_years)
+        delta = _N.cdf(d1) - (0.0 if spec.option_type == "call" else 1.0)
+        return {
+            "delta": round(delta, 5),
+            "gamma": round(pdf / (q.forward * q.iv * sqrt_t), 8),
+            "vega": round(q.forward * pdf * sqrt_t / 100.0, 5),
+            "theta": round(-q.forward * pdf * q.iv / (2 * sqrt_t) / 365.0, 5),
+            "rho": 0.0,
+        }
+
+    def summaries(self, now_ms: int, index_price: float) -> list[dict[str, Any]]:
+        """The whole chain's book summary at `now_ms`, cached per (ms, market version)."""
+        key = (now_ms, self.version * 1_000_003 + self.path.version)
+        if self._summary_cache is not None and self._summary_cache[0] == key:
+            return self._summary_cache[1]
+        cur = self.currency
+        spot = self.spot(now_ms)
+        vol = self.params.vol
+        out: list[dict[str, Any]] = []
+        for exp_ms in sorted(self.expiries):
+            e = self.expiries[exp_ms]
+            t = (exp_ms - now_ms) / YEAR_MS
+            if t <= 0:
+                continue
+            fwd = _forward(spot, t)
+            atm = atm_iv(vol, t)
+            u_index = underlying_index(cur, e)
+            calls: dict[float, tuple[float, float]] = {}
+            for strike in e.strikes:
+                iv_pct = round(smile_iv(atm, fwd, strike, t) * 100.0, 2)
+                calls[strike] = (iv_pct, call_price_coin(fwd, strike, iv_pct / 100.0, t))
+            for spec in self.by_expiry[exp_ms]:
+                iv_pct, call = calls[spec.strike]
+                mark = call if spec.option_type == "call" else call - (fwd - spec.strike) / fwd
+                mark = round(max(mark, 0.0), 8)
+                bid, ask = bid_ask(mark)
+                out.append({
+                    "instrument_name": spec.name,
+                    "base_currency": cur,
+                    "quote_currency": cur,
+                    "bid_price": bid,
+                    "ask_price": ask,
+                    "mid_price": None if bid is None else round((bid + ask) / 2, 8),
+                    "mark_price": mark,
+                    "mark_iv": iv_pct,
+                    "underlying_price": fwd,
+                    "underlying_index": u_index,
+                    "estimated_delivery_price": index_price,
+                    "interest_rate": 0.0,
+                    "open_interest": spec.open_interest,
+                    "volume": spec.volume,
+                    "creation_timestamp": now_ms,
+                })
+        self._summary_cache = (key, out)
+        return out
