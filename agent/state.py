@@ -44,6 +44,8 @@ async def build_agent_state(
     now_ms = clock.now_ms()
     by_name = {i.instrument_name: i for i in instruments}
     books = {b.instrument_name: b for b in book}
+    if any(name not in by_name for name in books):
+        client.invalidate_instruments()  # a new expiry was listed: refetch (the 10 s limit permitting)
     spot = index.index_price
 
     candidates = select_candidates(instruments, books, settings, now_ms)
