@@ -95,7 +95,7 @@ class Asker:
             self._log_llm(out.record, "ask")
             if out.text:
                 text = f"{out.text.strip()}\n\n{text}"
-                source = "llm+db"
+                source = "llm"
         self._record(user, channel, "why", f"why {ref or ''}".strip(), text, source, ref)
         return Reply(text)
 
@@ -185,7 +185,7 @@ class Asker:
             lines.append(f"LLM: {l_final.action.value}{' ' + l_final.symbol if l_final.symbol else ''} "
                          f"({out.action.decision_source}; risk {'allowed' if l_risk.allowed else 'blocked'})")
             lines.append(f"  {out.action.reasoning[:400]}")
-            source = "rules+llm"
+            source = "llm"
         text_out = "\n".join(lines)
         self._record(user, channel, "whatif", asked, text_out, source)
         return Reply(text_out)
