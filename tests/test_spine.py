@@ -33,7 +33,7 @@ async def test_tick_creates_a_pending_proposal_shown_in_the_terminal(tmp_path):
         decision_id, decision = await b.tick()
         assert decision.final_action.action == ActionType.OPEN_COVERED_CALL
         (p,) = b.store.pending_proposals()
-        assert p.decision_id == decision_id and p.label == f"cc-{p.id}"
+        assert p.decision_id == decision_id and p.label == f"cc-{b.store.instance_id}-{p.id}"
         text = out.getvalue()
         assert f"#{p.id} Open covered call" in text and "[PAPER]" in text and f"approve {p.id}" in text
         for needle in ("Strike", "Expiry", "Delta", "Premium", "annualized", "Risk check", "Source      rule"):
