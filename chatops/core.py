@@ -298,7 +298,7 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
         lines.append(f"Last tick #{last['id']} {age:.0f}s ago: {last['final_action']} {last.get('final_symbol') or ''}".rstrip())
         st = last.get("state") or {}
         if st:
-            lines.append(f"Spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
+            lines.append(f"As of that tick: spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
                          f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
             for p in st.get("pos") or []:
                 lines.append(f"  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
