@@ -73,6 +73,23 @@ class OptionPosition(Value):
         return self.option_type == "call" and self.size < 0
 
 
+class WorkingOrder(Value):
+    """An order resting on the exchange: not yet a position, but it may become one at any moment."""
+
+    order_id: str
+    instrument_name: str
+    direction: str  # buy | sell
+    amount: float
+    filled_amount: float
+    price: float | None
+    label: str
+    expiration_timestamp: int | None = None
+
+    @property
+    def remaining(self) -> float:
+        return max(self.amount - self.filled_amount, 0.0)
+
+
 class AccountState(Value):
     currency: str
     equity: float  # coin
@@ -99,6 +116,7 @@ class AgentState(Value):
     forward: float  # forward of the expiry closest to the target DTE
     account: AccountState
     positions: tuple[OptionPosition, ...] = ()
+    open_orders: tuple[WorkingOrder, ...] = ()
     candidates: tuple[Candidate, ...] = ()
     chain_size: int = 0  # options in the book summary
     history: PositionHistory = Field(default_factory=PositionHistory)

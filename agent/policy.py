@@ -36,6 +36,14 @@ def close_cost(p: OptionPosition) -> float:
 
 def decide_action(state: AgentState, settings: Settings) -> Action:
     """Propose one action: open, roll, close or nothing, with the numbers behind it."""
+    working = [o for o in state.open_orders if o.instrument_name.endswith("-C")]
+    if working:
+        # An order still resting may fill at any moment: deciding around it could double the book.
+        return _nothing(state, "Waiting: an order is still working on the exchange ("
+                               + "; ".join(f"{o.direction} {o.remaining:g} {o.instrument_name} @ {o.price:g} [{o.label}]"
+                                           if o.price is not None else f"{o.direction} {o.remaining:g} {o.instrument_name} [{o.label}]"
+                                           for o in working)
+                               + "). Nothing new until it fills or is cancelled.")
     shorts = state.short_calls
     if not shorts:
         return _decide_open(state, settings)

@@ -94,6 +94,11 @@ def check_action_allowed(state: AgentState, action: Action, settings: Settings, 
 
     # The book after the action.
     shorts: dict[str, tuple[float, int]] = {p.instrument_name: (abs(p.size), p.expiration_timestamp) for p in state.short_calls}
+    # A resting sell may fill at any moment: count it as short already.
+    for o in state.open_orders:
+        if o.direction == "sell" and o.instrument_name.endswith("-C") and o.expiration_timestamp is not None:
+            held, exp = shorts.get(o.instrument_name, (0.0, o.expiration_timestamp))
+            shorts[o.instrument_name] = (held + o.remaining, exp)
     im = state.account.initial_margin
     delta = state.account.options_delta
     if old_leg is not None:

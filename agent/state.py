@@ -1,7 +1,8 @@
 """Build the agent's view of the world from the exchange in a handful of requests.
 
 Index price, instruments (cached), the whole option book in one `get_book_summary_by_currency`,
-the account summary and the positions: at most 5 requests whatever the chain's size. Deltas are
+the account summary, the positions and the open orders: at most 5 requests whatever the chain's
+size (6 when the instruments cache is refreshed). Deltas are
 computed locally (Black-76 from mark_iv and the forward) instead of one `ticker` per option.
 """
 
@@ -15,7 +16,7 @@ from .clock import Clock, WallClock, to_datetime
 from .config import Settings
 from .deribit.client import DeribitClient
 from .deribit.types import BookSummary, Instrument
-from .models import AccountState, AgentState, Candidate, OptionPosition, PositionHistory
+from .models import AccountState, AgentState, Candidate, OptionPosition, PositionHistory, WorkingOrder
 from .pricing import YEAR_SECONDS, call_delta, years_between
 
 DAY_MS = 86_400_000
@@ -34,12 +35,13 @@ async def build_agent_state(
     clock = clock or WallClock()
     cur = settings.underlying
     with client.measure() as counter:
-        index, instruments, book, account, positions = await asyncio.gather(
+        index, instruments, book, account, positions, orders = await asyncio.gather(
             client.get_index_price(settings.index_name),
             client.get_instruments(cur, "option"),
             client.get_book_summary_by_currency(cur, "option"),
             client.get_account_summary(cur),
             client.get_positions(cur, "option"),
+            client.get_open_orders_by_currency(cur, "option"),
         )
     now_ms = clock.now_ms()
     by_name = {i.instrument_name: i for i in instruments}
@@ -72,6 +74,13 @@ async def build_agent_state(
             options_delta=account.options_delta,
         ),
         positions=tuple(pos_values),
+        open_orders=tuple(
+            WorkingOrder(order_id=o.order_id, instrument_name=o.instrument_name, direction=o.direction, amount=o.amount,
+                         filled_amount=o.filled_amount, price=o.price if isinstance(o.price, float) else None,
+                         label=o.label, expiration_timestamp=by_name[o.instrument_name].expiration_timestamp
+                         if o.instrument_name in by_name else None)
+            for o in orders if o.order_state == "open"
+        ),
         candidates=tuple(candidates),
         chain_size=len(book),
         history=history or PositionHistory(),

@@ -112,6 +112,7 @@ class Bot:
             except Exception:
                 log.exception("channel %s did not stop cleanly", ch.name)
         self.core.channels.clear()
+        await self.core.drain()  # a press handled while the channels stopped may have started an execution
         self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
         await self.exchange.aclose()
         if self.llm_client is not None and hasattr(self.llm_client, "close"):

@@ -401,6 +401,9 @@ class DeribitClient:
     async def get_open_orders_by_label(self, currency: str, label: str) -> list[Order]:
         return _parse_list(Order, await self.call("private/get_open_orders_by_label", {"currency": currency, "label": label}))
 
+    async def get_open_orders_by_currency(self, currency: str, kind: str = "option") -> list[Order]:
+        return _parse_list(Order, await self.call("private/get_open_orders_by_currency", {"currency": currency, "kind": kind}))
+
     async def cancel(self, order_id: str) -> Order:
         return _parse(Order, await self.call("private/cancel", {"order_id": order_id}))
 
