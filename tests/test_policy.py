@@ -135,3 +135,15 @@ def test_policy_never_invents_symbols_or_sizes():
     a = decide_action(state(candidates=cands), settings(default_order_size=0.3))
     assert a.symbol in {c.instrument_name for c in cands}
     assert a.size == 0.3
+
+
+def test_a_working_order_means_wait():
+    from agent.models import WorkingOrder
+
+    c = candidate()
+    resting = WorkingOrder(order_id="BTC-9", instrument_name=c.instrument_name, direction="sell", amount=0.1,
+                           filled_amount=0.0, price=0.0125, label="cc-x-1", expiration_timestamp=c.expiration_timestamp)
+    s = state(candidates=[c]).model_copy(update={"open_orders": (resting,)})
+    a = decide_action(s, S)
+    assert a.action == ActionType.DO_NOTHING
+    assert "order is still working" in a.reasoning and "cc-x-1" in a.reasoning

@@ -154,3 +154,14 @@ def test_a_reducing_close_is_never_blocked(size, im, delta, equity, age_s):
     a = Action(action=ActionType.CLOSE_COVERED_CALL, underlying="BTC", symbol=p.instrument_name, size=size)
     s = state(positions=[p], equity=equity, im=im, options_delta=delta)
     assert check_action_allowed(s, a, S, now=NOW + timedelta(seconds=age_s)).allowed
+
+
+def test_a_resting_sell_counts_as_short_for_coverage():
+    from agent.models import WorkingOrder
+
+    c = candidate()
+    resting = WorkingOrder(order_id="BTC-9", instrument_name="BTC-9OTHER-100000-C", direction="sell", amount=0.3,
+                           filled_amount=0.0, price=0.01, label="manual", expiration_timestamp=c.expiration_timestamp)
+    s = state(candidates=[c], equity=0.35).model_copy(update={"open_orders": (resting,)})
+    r = check_action_allowed(s, open_(c), S)
+    assert not r.allowed and any("uncovered: 0.4 short" in x for x in r.reasons)

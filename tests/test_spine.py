@@ -314,3 +314,21 @@ def _os_user() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+async def test_a_resting_order_stops_the_next_proposal(tmp_path):
+    b = make_bot(tmp_path, max_slippage_pct=0.0)  # never below mark: the sell rests above the bid
+    await b.start()
+    try:
+        await b.tick()
+        (p,) = b.store.pending_proposals()
+        await b.core.approve(p.id, "alice", "console")
+        await b.core.drain()
+        (o,) = await orders_with_label(b, p.label)
+        assert o.order_state == "open"
+        b.exchange.clock.advance(3700)  # past the hysteresis window
+        _, d = await b.tick()
+        assert d.final_action.action == ActionType.DO_NOTHING and "still working" in d.final_action.reasoning
+        assert b.store.pending_proposals() == []
+    finally:
+        await b.stop()
