@@ -47,5 +47,5 @@ def open_exchange(settings: Settings, *, clock: Clock | None = None, reset_paper
     # day of ticks may run in seconds: Deribit's 20 calls/s would only slow the simulation down.
     fast = RateLimiter(ordinary_per_s=10_000, ordinary_burst=10_000, orders_per_s=10_000, orders_burst=10_000)
     client = DeribitClient("http://paper.invalid", key_id, secret, transport=paper.transport(), backoff_base_s=0.05,
-                           limiter=fast)
+                           limiter=fast, server_clock=lambda: clock.now_ms() / 1000.0)
     return Exchange(client, clock, paper, f"paper exchange in process ({settings.effective_paper_state_path})")

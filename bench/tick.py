@@ -48,7 +48,7 @@ async def main(ticks: int) -> None:
     print(f"  tick latency p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {lat[-1]:.1f} ms  "
           f"target p50 < 50 ms: {'OK' if p50 < 50 else 'MISSED'}")
     print(f"  requests per tick: min {min(reqs)}, max {max(reqs)}, mean {statistics.mean(reqs):.2f} "
-          f"(instruments are refetched when the 5-minute cache ages out)")
+          f"(instruments refetched hourly or on a new listing; tokens refreshed at 80 % of their life)")
 
 
 if __name__ == "__main__":

@@ -180,8 +180,9 @@ class DeribitClient:
         limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        instruments_ttl_s: float = 300.0,
+        instruments_ttl_s: float = 3600.0,  # listings change once a day; an unknown name in the book refetches sooner
         http_method: str = "GET",
+        server_clock: Callable[[], float] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._client_id = client_id
@@ -192,6 +193,9 @@ class DeribitClient:
         self.backoff_max_s = backoff_max_s
         self.limiter = limiter or RateLimiter(clock=clock, sleep=sleep)
         self._clock = clock
+        # Token lifetimes and the instruments cache run on the server's time: the same as `clock`
+        # against Deribit, the simulated clock against a paper exchange running faster than life.
+        self._server_clock = server_clock or clock
         self._sleep = sleep
         self._token: _Token | None = None
         self._auth_lock = asyncio.Lock()
@@ -304,7 +308,7 @@ class DeribitClient:
 
     async def _access_token(self) -> str:
         async with self._auth_lock:
-            now = self._clock()
+            now = self._server_clock()
             if self._token and not self._token.due(now):
                 return self._token.access
             if not (self._client_id and self._client_secret):
@@ -330,7 +334,7 @@ class DeribitClient:
                 "public/auth",
             ) from None
         auth = AuthResult.model_validate(result)
-        self._token = _Token(auth.access_token, auth.refresh_token, auth.expires_in, self._clock())
+        self._token = _Token(auth.access_token, auth.refresh_token, auth.expires_in, self._server_clock())
         return auth.access_token
 
     async def _call_unauthenticated(self, method: str, params: dict[str, Any]) -> Any:
@@ -351,11 +355,11 @@ class DeribitClient:
         async with self._instruments_lock:
             cached = self._instruments.get(key)
             if cached is not None:
-                age = self._clock() - cached.fetched_at
+                age = self._server_clock() - cached.fetched_at
                 if age < INSTRUMENTS_MIN_INTERVAL_S or (age < self._instruments_ttl_s and not cached.stale):
                     return cached.items
             result = await self.call("public/get_instruments", {"currency": currency, "kind": kind, "expired": expired})
-            self._instruments[key] = _Cached(self._clock(), _parse_list(Instrument, result))
+            self._instruments[key] = _Cached(self._server_clock(), _parse_list(Instrument, result))
             return self._instruments[key].items
 
     def invalidate_instruments(self) -> None:
