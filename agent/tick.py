@@ -53,7 +53,7 @@ async def run_tick(
     shadow: Action | None = None
     if mode == "rule" or llm_brain is None:
         proposed = decide_action(state, settings)
-        if mode != "rule":  # an LLM mode without a brain: say so instead of pretending
+        if mode == "llm":  # the LLM should have driven but cannot: say so instead of pretending
             proposed = proposed.model_copy(update={"reasoning": f"[LLM unavailable: rules decided] {proposed.reasoning}"})
     elif mode == "llm":
         proposed, record = await llm_brain(state, settings)

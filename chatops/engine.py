@@ -121,7 +121,13 @@ class Executor:
         if not self.store.transition(pid, "approved", "executing", actor="agent", channel="executor",
                                      reason="re-check passed" + (f"; drift {drift[0]:.1f}%" if drift else "")):
             return ExecOutcome(pid, "skipped", "another executor claimed it")
-        result = await execute_action(self.exchange.client, action, row.label, self.settings)
+        try:
+            result = await execute_action(self.exchange.client, action, row.label, self.settings)
+        except Exception as exc:  # a bug must not leave the proposal `executing` until a restart
+            log.exception("execution of #%d raised", pid)
+            result = ExecutionResult(status=ExecutionStatus.FAILED, dry_run=self.settings.effective_dry_run,
+                                     message=f"execution raised {type(exc).__name__}: {exc}; check the exchange for "
+                                             f"orders labelled {row.label}")
         if os.environ.get(CRASH_POINT_ENV) == "after_send":
             os.kill(os.getpid(), signal.SIGKILL)
         return self._finish(pid, result)
