@@ -61,6 +61,8 @@ class Bot:
         self.exchange_failures = 0
         self.last_tick_error: str | None = None
         self._tick_lock = asyncio.Lock()
+        self._budget_alerted = False  # said once per spell of a spent LLM budget
+        self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
 
     def now(self):
         return to_datetime(self.exchange.clock.now_ms())
@@ -122,11 +124,9 @@ class Bot:
     # --- jobs -------------------------------------------------------------------------------------
 
     async def llm_brain(self, state, settings):
-        from agent.llm import llm_decide
+        from agent.llm import llm_brain
 
-        outcome = await llm_decide(state, list(state.candidates), settings, client=self.llm_client,
-                                   previous=state.history.previous_decision)
-        return outcome.action, _record_dict(outcome.record)
+        return await llm_brain(state, settings, client=self.llm_client)
 
     async def tick(self) -> tuple[int | None, Decision | None]:
         """One decision: build state, decide, check, record, propose. Never raises."""
@@ -183,8 +183,6 @@ class Bot:
         self._budget_alerted = False
         return None
 
-    _budget_alerted = False
-
     async def _check_llm_fallbacks(self, decision: Decision) -> None:
         if not decision.llm_calls:
             return
@@ -197,8 +195,6 @@ class Bot:
                                                    f"({pct:.0f}%, threshold {self.settings.llm_fallback_alert_pct:g}%).")
         elif pct < self.settings.llm_fallback_alert_pct:
             self._fallback_alerted = False
-
-    _fallback_alerted = False
 
     async def sweep(self) -> None:
         """Expire what is due and execute what is approved (from any process)."""
@@ -256,13 +252,3 @@ class Bot:
         if problem:
             out["watchdog"] = problem
         return out
-
-
-def _record_dict(record: Any) -> dict[str, Any]:
-    if hasattr(record, "model_dump"):
-        return record.model_dump()
-    if hasattr(record, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(record)
-    return dict(record)

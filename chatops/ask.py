@@ -142,9 +142,7 @@ class Asker:
         }
 
     def _log_llm(self, record: Any, mode: str) -> None:
-        from .app import _record_dict
-
-        data = _record_dict(record)
+        data = record.to_dict()
         data["mode"] = mode
         try:
             self.bot.store.record_llm_call(decision_id=None, **data)

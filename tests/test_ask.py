@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-from agent.models import ActionType
 from agent.whatif import WhatIfError, parse_overrides
 from chatops.ask import NO_LLM_REPLY
 from tests.fakes.openai_server import Reply, fake_openai_server, json_reply
