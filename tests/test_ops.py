@@ -18,17 +18,20 @@ from chatops.cli import main
 from chatops.logs import setup_logging
 from tests.spine_helpers import make_bot
 
-TOKEN = "123456789:AAHsecretsecretsecretsecretsecret12"
+# Shaped like real credentials (so the redactor's patterns are exercised), built so no literal looks like one.
+TOKEN = "123456789:" + "AAH" + "s3cret" * 6
+OPENAI_KEY = "sk-" + "abcdefghijklmnopqrstuvwxyz"
+STRANGER = "xoxb-" + "1234567890-abcdefghij"
 
 
 def test_logs_are_one_line_and_never_show_a_secret():
-    s = load_settings(env_file=None, telegram_bot_token=TOKEN, openai_api_key="sk-abcdefghijklmnopqrstuvwxyz",
+    s = load_settings(env_file=None, telegram_bot_token=TOKEN, openai_api_key=OPENAI_KEY,
                       log_format="json")
     out = io.StringIO()
     setup_logging(s, stream=out)
     log = logging.getLogger("test")
     log.info("calling https://api.telegram.org/bot%s/getUpdates", TOKEN)
-    log.warning("key %s and a stranger xoxb-1234567890-abcdefghij", "sk-abcdefghijklmnopqrstuvwxyz")
+    log.warning("key %s and a stranger " + STRANGER, OPENAI_KEY)
     try:
         raise RuntimeError(f"boom with {TOKEN}\nsecond line")
     except RuntimeError:
@@ -38,7 +41,7 @@ def test_logs_are_one_line_and_never_show_a_secret():
     records = [json.loads(x) for x in lines]
     assert [r["level"] for r in records] == ["INFO", "WARNING", "ERROR"]
     text = out.getvalue()
-    assert TOKEN not in text and "sk-abcdefghijklmnop" not in text and "xoxb-1234567890" not in text
+    assert TOKEN not in text and OPENAI_KEY[:12] not in text and STRANGER[:12] not in text
     assert "***" in records[0]["msg"]
     logging.getLogger().handlers.clear()
 
