@@ -35,7 +35,6 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -51,6 +50,7 @@ from agent.config import ConfigError, Settings
 from chatops.render import Card
 
 from .base import HELP_TEXT, CoreAPI, Notice, Reply
+from .delivery import DeliveryQueue, QueuedJob
 
 log = logging.getLogger(__name__)
 
@@ -290,23 +290,21 @@ class _GiveUp(Exception):
 
 
 @dataclass
-class Job:
-    op: str  # "proposal" (post or update the card of `proposal_id`) | "message" (post `text` and `blocks`)
-    channel: str
-    proposal_id: int | None = None
+class Job(QueuedJob):
+    """op "proposal": post or update the card of `proposal_id`; op "message": post `text` and `blocks`
+    to the channel `dest`."""
+
     text: str = ""
     blocks: list[dict[str, Any]] = field(default_factory=list)
     thread_ts: str | None = None
-    outbox_id: int | None = None
-    attempts: int = 0
 
     def payload(self) -> dict[str, Any]:
-        return {"op": self.op, "channel": self.channel, "proposal_id": self.proposal_id, "text": self.text,
+        return {"op": self.op, "channel": self.dest, "proposal_id": self.proposal_id, "text": self.text,
                 "blocks": self.blocks, "thread_ts": self.thread_ts}
 
     @classmethod
     def from_payload(cls, p: dict[str, Any], outbox_id: int, attempts: int) -> "Job":
-        return cls(op=p.get("op", "message"), channel=str(p.get("channel")), proposal_id=p.get("proposal_id"),
+        return cls(op=p.get("op", "message"), dest=str(p.get("channel")), proposal_id=p.get("proposal_id"),
                    text=p.get("text") or "", blocks=list(p.get("blocks") or []), thread_ts=p.get("thread_ts"),
                    outbox_id=outbox_id, attempts=attempts)
 
@@ -364,13 +362,7 @@ class SlackChannel:
         self.pacer = ChannelPacer(self.options.min_interval)
         self.bot_user_id: str | None = None
         self.http_port: int | None = None
-        self._queues: dict[str, asyncio.Queue[Job | None]] = {}
-        self._workers: dict[str, asyncio.Task] = {}
-        self._inflight: dict[str, Job] = {}
-        self._outbox_queued: set[int] = set()
-        self._outbox_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._cards: dict[int, Card] = {}
         self._last_sig: dict[tuple[str, str], str] = {}
         self._seen_events: OrderedDict[str, None] = OrderedDict()
         self._socket: Any = None
@@ -378,9 +370,13 @@ class SlackChannel:
         self._runner: Any = None
         self._registered = False
         self._started = False
-        self._stopping = False
         self.stats = {"posted": 0, "updated": 0, "ephemeral": 0, "responded": 0, "network_retries": 0,
                       "outboxed": 0, "outbox_delivered": 0, "text_fallbacks": 0, "reposts": 0}
+        self.delivery = DeliveryQueue(
+            CHANNEL, core=lambda: self.core, deliver=self._deliver, give_up=(_GiveUp,), job_type=Job,
+            outbox_interval=self.options.outbox_interval, outbox_backoff_max=self.options.outbox_backoff_max,
+            clean=self._clean, stats=self.stats, log=log,
+            wall_clock_retries=False, leftovers_due_now=False, keep_interrupted=False)
 
     @property
     def client(self) -> AsyncWebClient:
@@ -410,7 +406,7 @@ class SlackChannel:
 
     async def start(self, core: CoreAPI) -> None:
         self.core = core
-        self._stopping = False
+        self.delivery.stopping = False  # this channel may have been stopped before
         if not self.channel_id:
             log.warning("SLACK_CHANNEL_ID is not set: proposals and notices have nowhere to go (commands still work)")
         await self._check_token()
@@ -420,7 +416,7 @@ class SlackChannel:
         else:
             await self._start_http()
         self._started = True
-        self._outbox_task = asyncio.get_running_loop().create_task(self._outbox_loop(), name="slack-outbox")
+        self.delivery.start()
         log.info("slack channel started (%s, channel %s)", "Socket Mode" if self.mode == "socket" else
                  f"HTTP on port {self.http_port}{self.options.http_path}", self.channel_id)
 
@@ -497,7 +493,7 @@ class SlackChannel:
     async def stop(self) -> None:
         if not self._started:
             return
-        self._stopping = True
+        self.delivery.stopping = True
         # No new input first.
         if self._socket is not None:
             if self._socket_task is not None:
@@ -520,33 +516,8 @@ class SlackChannel:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._outbox_task is not None:
-            self._outbox_task.cancel()
-            await asyncio.gather(self._outbox_task, return_exceptions=True)
-            self._outbox_task = None
-        await self._drain_senders(self.options.stop_timeout)
+        await self.delivery.stop(self.options.stop_timeout)
         self._started = False
-
-    async def _drain_senders(self, timeout: float) -> None:
-        for q in self._queues.values():
-            q.put_nowait(None)
-        workers = list(self._workers.values())
-        if workers:
-            _, pending = await asyncio.wait(workers, timeout=timeout)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        # Whatever did not go out is kept for the next start.
-        for job in list(self._inflight.values()):
-            self._to_outbox(job, "not sent before shutdown")
-        for q in self._queues.values():
-            while not q.empty():
-                job = q.get_nowait()
-                if job is not None:
-                    self._to_outbox(job, "not sent before shutdown")
-        self._queues.clear()
-        self._workers.clear()
-        self._inflight.clear()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(self._guarded(coro, name), name=f"slack-{name}")
@@ -564,8 +535,12 @@ class SlackChannel:
 
     async def idle(self) -> None:
         """Wait until handlers are done and every queued message has been handled (tests, benchmarks)."""
-        while self._tasks or any(not q.empty() for q in self._queues.values()) or self._inflight:
+        while self._tasks or self.delivery.busy:
             await asyncio.sleep(0.01)
+
+    def retry_outbox(self) -> int:
+        """Queue the due outbox items (oldest first); returns how many were queued."""
+        return self.delivery.retry_outbox()
 
     # --- Channel: outgoing -------------------------------------------------------------------------------
 
@@ -573,19 +548,12 @@ class SlackChannel:
         if card.proposal_id is None:
             self._send(self.channel_id, fallback_text(card), card_blocks(card, actions=False))
             return
-        if not self.channel_id:
-            return
-        self._cards[card.proposal_id] = card
-        self._enqueue(Job("proposal", self.channel_id, proposal_id=card.proposal_id))
+        self.delivery.post_proposal(card.proposal_id, card, self.channel_id)
 
     async def update_proposal(self, card: Card) -> None:
         if card.proposal_id is None:
             return
-        self._cards[card.proposal_id] = card
-        refs = self.core.message_refs(card.proposal_id, CHANNEL) if self.core else []
-        channel = refs[0][0] if refs else self.channel_id
-        if channel:
-            self._enqueue(Job("proposal", str(channel), proposal_id=card.proposal_id))
+        self.delivery.update_proposal(card.proposal_id, card, self.channel_id)
 
     async def notify(self, notice: Notice) -> None:
         text, blocks = notice_message(notice)
@@ -594,86 +562,9 @@ class SlackChannel:
     def _send(self, channel: str | None, text: str, blocks: list[dict[str, Any]], *,
               thread_ts: str | None = None) -> None:
         if channel:
-            self._enqueue(Job("message", str(channel), text=text, blocks=blocks, thread_ts=thread_ts))
-
-    def _enqueue(self, job: Job) -> None:
-        channel = str(job.channel)
-        if self._stopping and channel not in self._workers:
-            self._to_outbox(job, "queued during shutdown")
-            return
-        q = self._queues.get(channel)
-        if q is None:
-            q = self._queues[channel] = asyncio.Queue()
-            self._workers[channel] = asyncio.get_running_loop().create_task(self._worker(channel, q),
-                                                                            name=f"slack-send-{channel}")
-        q.put_nowait(job)
+            self.delivery.enqueue(Job("message", str(channel), text=text, blocks=blocks, thread_ts=thread_ts))
 
     # --- the sender --------------------------------------------------------------------------------------
-
-    async def _worker(self, channel: str, q: asyncio.Queue[Job | None]) -> None:
-        while True:
-            job = await q.get()
-            if job is None:
-                return
-            self._inflight[channel] = job
-            try:
-                await self._deliver(job)
-            except _GiveUp as exc:
-                self._to_outbox(job, str(exc))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug in one message never stops the sender
-                log.exception("slack: delivering a message failed")
-                self._to_outbox(job, f"{type(exc).__name__}: {exc}")
-            else:
-                if job.outbox_id is not None and self.core is not None:
-                    self.core.store.mark_outbox_delivered(job.outbox_id)  # type: ignore[attr-defined]
-                    self.stats["outbox_delivered"] += 1
-            finally:
-                if job.outbox_id is not None:
-                    self._outbox_queued.discard(job.outbox_id)
-                self._inflight.pop(channel, None)
-
-    def _to_outbox(self, job: Job, error: str) -> None:
-        """Record an undelivered message in the store so that a later sweep (or start) sends it."""
-        if self.core is None:
-            log.error("slack: message lost before start: %s", error)
-            return
-        store = self.core.store  # type: ignore[attr-defined]
-        error = self._clean(error)[:500]
-        try:
-            if job.outbox_id is None:
-                due = store.now() + timedelta(seconds=self.options.outbox_interval)
-                job.outbox_id = store.enqueue_outbox(CHANNEL, job.payload(), error, next_attempt_at=due)
-                self.stats["outboxed"] += 1
-                log.warning("slack: message kept in the outbox (#%d) after: %s", job.outbox_id, error)
-            else:
-                delay = min(self.options.outbox_backoff_max, self.options.outbox_interval * 2 ** max(job.attempts, 0))
-                store.mark_outbox_attempt(job.outbox_id, error, store.now() + timedelta(seconds=delay))
-                self._outbox_queued.discard(job.outbox_id)
-        except Exception:
-            log.exception("slack: could not record an undelivered message in the outbox")
-
-    async def _outbox_loop(self) -> None:
-        while True:
-            try:
-                self.retry_outbox()
-            except Exception:
-                log.exception("slack: outbox sweep failed")
-            await asyncio.sleep(self.options.outbox_interval)
-
-    def retry_outbox(self) -> int:
-        """Queue the due outbox items (oldest first); returns how many were queued."""
-        if self.core is None:
-            return 0
-        n = 0
-        for item in self.core.store.due_outbox(CHANNEL):  # type: ignore[attr-defined]
-            if item.id in self._outbox_queued:
-                continue
-            self._outbox_queued.add(item.id)
-            self._enqueue(Job.from_payload(item.payload, item.id, item.attempts))
-            n += 1
-        return n
 
     async def _api(self, pace_key: str, method: str, /, **kwargs: Any) -> Any:
         """One paced Web API call. 429s are honoured inside the client (Retry-After), network errors
@@ -714,9 +605,9 @@ class SlackChannel:
 
     async def _deliver(self, job: Job) -> None:
         if job.op == "proposal" and job.proposal_id is not None:
-            await self._sync_proposal(job.channel, int(job.proposal_id))
+            await self._sync_proposal(job.dest, int(job.proposal_id))
         else:
-            await self._post(job.channel, job.text, job.blocks, thread_ts=job.thread_ts)
+            await self._post(job.dest, job.text, job.blocks, thread_ts=job.thread_ts)
 
     async def _post(self, channel: str, text: str, blocks: list[dict[str, Any]], *,
                     thread_ts: str | None = None) -> Any:
@@ -746,7 +637,7 @@ class SlackChannel:
                 card = self.core.proposal_card(pid)  # the newest state, also after an outbox delay
             except Exception:
                 log.exception("slack: reading proposal #%d", pid)
-        return card or self._cards.get(pid)
+        return card or self.delivery.cards.get(pid)
 
     async def _sync_proposal(self, channel: str, pid: int) -> None:
         """Bring Slack in line with the proposal: post its card once, afterwards edit that message."""
@@ -875,10 +766,7 @@ class SlackChannel:
         card = self._card_for(pid)
         if card is None or card.actionable:
             return
-        self._cards[pid] = card
-        refs = self.core.message_refs(pid, CHANNEL) if self.core else []
-        if refs:
-            self._enqueue(Job("proposal", str(refs[0][0]), proposal_id=pid))
+        self.delivery.update_proposal(pid, card, None)  # only where it was posted
 
     async def _on_reject(self, ack: Any, body: dict) -> None:
         await ack()

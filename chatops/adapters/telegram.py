@@ -28,7 +28,6 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
 from telegram import (
@@ -55,6 +54,7 @@ from agent.config import ConfigError, Settings
 from chatops.render import Card
 
 from .base import HELP_TEXT, CoreAPI, Notice, Reply
+from .delivery import DeliveryQueue, QueuedJob
 
 log = logging.getLogger(__name__)
 
@@ -288,25 +288,22 @@ class _GiveUp(Exception):
 
 
 @dataclass
-class Job:
-    op: str  # "proposal" (post or edit the card of `proposal_id`) | "text" (send `chunks`)
-    chat_id: str
-    proposal_id: int | None = None
+class Job(QueuedJob):
+    """op "proposal": post or edit the card of `proposal_id`; op "text": send `chunks` to the chat `dest`."""
+
     chunks: list[tuple[str, str]] = field(default_factory=list)  # (html, plain) per message
     reply_to: int | None = None
     force_reply: bool = False
     sent: int = 0  # chunks already delivered (a retry skips them)
-    outbox_id: int | None = None
-    attempts: int = 0
 
     def payload(self) -> dict[str, Any]:
-        return {"op": self.op, "chat_id": self.chat_id, "proposal_id": self.proposal_id,
+        return {"op": self.op, "chat_id": self.dest, "proposal_id": self.proposal_id,
                 "chunks": [list(c) for c in self.chunks], "reply_to": self.reply_to,
                 "force_reply": self.force_reply, "sent": self.sent}
 
     @classmethod
     def from_payload(cls, p: dict[str, Any], outbox_id: int, attempts: int) -> "Job":
-        return cls(op=p.get("op", "text"), chat_id=str(p.get("chat_id")), proposal_id=p.get("proposal_id"),
+        return cls(op=p.get("op", "text"), dest=str(p.get("chat_id")), proposal_id=p.get("proposal_id"),
                    chunks=[(c[0], c[1]) for c in p.get("chunks") or []], reply_to=p.get("reply_to"),
                    force_reply=bool(p.get("force_reply")), sent=int(p.get("sent") or 0), outbox_id=outbox_id,
                    attempts=attempts)
@@ -337,19 +334,16 @@ class TelegramChannel:
         self.app = application if application is not None else self._build_application()
         self.core: CoreAPI | None = None
         self.limiter = ChatLimiter(self.options.min_interval, self.options.group_per_minute, self.options.group_window)
-        self._queues: dict[str, asyncio.Queue[Job | None]] = {}
-        self._workers: dict[str, asyncio.Task] = {}
-        self._inflight: dict[str, Job] = {}
-        self._outbox_queued: set[int] = set()
-        self._retry_at: dict[int, float] = {}  # outbox id -> time.monotonic() of its next try in this process
-        self._outbox_task: asyncio.Task | None = None
-        self._cards: dict[int, Card] = {}
         self._last_edit: dict[tuple[str, str], tuple[str, bool]] = {}
         self._reasons: dict[tuple[str, str], _PendingReason] = {}
         self._started = False
-        self._stopping = False
         self.stats = {"sent": 0, "edited": 0, "flood_waits": 0, "network_retries": 0, "plain_fallbacks": 0,
                       "outboxed": 0, "outbox_delivered": 0}
+        self.delivery = DeliveryQueue(
+            CHANNEL, core=lambda: self.core, deliver=self._deliver, give_up=(_GiveUp,), job_type=Job,
+            outbox_interval=self.options.outbox_interval, outbox_backoff_max=self.options.outbox_backoff_max,
+            clean=self._clean, stats=self.stats, log=log,
+            wall_clock_retries=True, leftovers_due_now=True, keep_interrupted=True)
 
     def _build_application(self) -> Application:
         base = self.settings.telegram_api_base_url.rstrip("/")
@@ -390,7 +384,7 @@ class TelegramChannel:
             await app.shutdown()
             raise
         self._started = True
-        self._outbox_task = asyncio.get_running_loop().create_task(self._outbox_loop(), name="telegram-outbox")
+        self.delivery.start()
         log.info("telegram channel started as @%s (chat %s)", app.bot.username, self.chat_id)
 
     async def _initialize(self, app: Application, attempts: int = 3) -> None:
@@ -411,7 +405,7 @@ class TelegramChannel:
     async def stop(self) -> None:
         if not self._started:
             return
-        self._stopping = True
+        self.delivery.stopping = True
         app = self.app
         try:
             if app.updater is not None and app.updater.running:
@@ -423,34 +417,12 @@ class TelegramChannel:
         # A Reject pressed but not yet followed by a reason: the press meant "reject".
         for key in list(self._reasons):
             await self._finish_reason(key, None, notify_failure=False)
-        if self._outbox_task is not None:
-            self._outbox_task.cancel()
-            await asyncio.gather(self._outbox_task, return_exceptions=True)
-        await self._drain_senders(self.options.stop_timeout)
+        await self.delivery.stop(self.options.stop_timeout)
         try:
             await app.shutdown()
         except Exception:
             log.exception("telegram: shutting the application down")
         self._started = False
-
-    async def _drain_senders(self, timeout: float) -> None:
-        for q in self._queues.values():
-            q.put_nowait(None)
-        workers = list(self._workers.values())
-        if workers:
-            done, pending = await asyncio.wait(workers, timeout=timeout)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        # Whatever did not go out is kept for the next start (the in-flight job: see _worker).
-        for q in self._queues.values():
-            while not q.empty():
-                job = q.get_nowait()
-                if job is not None:
-                    self._to_outbox(job, "not sent before shutdown", due_now=True)
-        self._queues.clear()
-        self._workers.clear()
-        self._inflight.clear()
 
     def _on_poll_error(self, exc: TelegramError) -> None:
         log.warning("telegram polling: %s", self._clean(str(exc)))
@@ -464,19 +436,12 @@ class TelegramChannel:
         if card.proposal_id is None:
             await self._send_text_job(self.chat_id, card_chunks(card))
             return
-        if not self.chat_id:
-            return
-        self._cards[card.proposal_id] = card
-        self._enqueue(Job("proposal", self.chat_id, proposal_id=card.proposal_id))
+        self.delivery.post_proposal(card.proposal_id, card, self.chat_id)
 
     async def update_proposal(self, card: Card) -> None:
         if card.proposal_id is None:
             return
-        self._cards[card.proposal_id] = card
-        refs = self.core.message_refs(card.proposal_id, CHANNEL) if self.core else []
-        chat = refs[0][0] if refs else self.chat_id
-        if chat:
-            self._enqueue(Job("proposal", str(chat), proposal_id=card.proposal_id))
+        self.delivery.update_proposal(card.proposal_id, card, self.chat_id)
 
     async def notify(self, notice: Notice) -> None:
         if notice.card is not None:
@@ -492,101 +457,18 @@ class TelegramChannel:
                              force_reply: bool = False) -> None:
         if not chat or not chunks:
             return
-        self._enqueue(Job("text", str(chat), chunks=chunks, reply_to=reply_to, force_reply=force_reply))
-
-    def _enqueue(self, job: Job) -> None:
-        chat = str(job.chat_id)
-        if self._stopping and chat not in self._workers:
-            self._to_outbox(job, "queued during shutdown", due_now=True)
-            return
-        q = self._queues.get(chat)
-        if q is None:
-            q = self._queues[chat] = asyncio.Queue()
-            self._workers[chat] = asyncio.get_running_loop().create_task(self._worker(chat, q),
-                                                                         name=f"telegram-send-{chat}")
-        q.put_nowait(job)
+        self.delivery.enqueue(Job("text", str(chat), chunks=chunks, reply_to=reply_to, force_reply=force_reply))
 
     async def idle(self) -> None:
         """Wait until every queued message has been handled (tests, benchmarks)."""
-        while any(not q.empty() for q in self._queues.values()) or self._inflight:
+        while self.delivery.busy:
             await asyncio.sleep(0.01)
-
-    # --- the sender ----------------------------------------------------------------------------------
-
-    async def _worker(self, chat: str, q: asyncio.Queue[Job | None]) -> None:
-        while True:
-            job = await q.get()
-            if job is None:
-                return
-            self._inflight[chat] = job
-            try:
-                await self._deliver(job)
-            except _GiveUp as exc:
-                self._to_outbox(job, str(exc))
-            except asyncio.CancelledError:
-                self._to_outbox(job, "not sent before shutdown", due_now=True)
-                raise
-            except Exception as exc:  # a bug in one message never stops the sender
-                log.exception("telegram: delivering a message failed")
-                self._to_outbox(job, f"{type(exc).__name__}: {exc}")
-            else:
-                if job.outbox_id is not None and self.core is not None:
-                    self.core.store.mark_outbox_delivered(job.outbox_id)  # type: ignore[attr-defined]
-                    self._retry_at.pop(job.outbox_id, None)
-                    self.stats["outbox_delivered"] += 1
-            finally:
-                if job.outbox_id is not None:
-                    self._outbox_queued.discard(job.outbox_id)
-                self._inflight.pop(chat, None)
-
-    def _to_outbox(self, job: Job, error: str, *, due_now: bool = False) -> None:
-        """Record an undelivered message in the store so that a later sweep (or start) sends it;
-        `due_now`: at the next sweep (shutdown leftovers), else after `outbox_interval`."""
-        if self.core is None:
-            log.error("telegram: message lost before start: %s", error)
-            return
-        store = self.core.store  # type: ignore[attr-defined]
-        error = self._clean(error)[:500]
-        try:
-            if job.outbox_id is None:
-                delay = 0.0 if due_now else self.options.outbox_interval
-                job.outbox_id = store.enqueue_outbox(CHANNEL, job.payload(), error,
-                                                     next_attempt_at=store.now() + _td(delay))
-                self.stats["outboxed"] += 1
-                log.warning("telegram: message kept in the outbox (#%d) after: %s", job.outbox_id, error)
-            else:
-                delay = min(self.options.outbox_backoff_max, self.options.outbox_interval * 2 ** max(job.attempts, 0))
-                store.mark_outbox_attempt(job.outbox_id, error, store.now() + _td(delay))
-                self._outbox_queued.discard(job.outbox_id)
-            # The store's clock is market time (frozen or fast under a simulated clock); retry
-            # delays are about Telegram, so they are kept on the wall clock here.
-            self._retry_at[job.outbox_id] = time.monotonic() + delay
-        except Exception:
-            log.exception("telegram: could not record an undelivered message in the outbox")
-
-    async def _outbox_loop(self) -> None:
-        while True:
-            try:
-                self.retry_outbox()
-            except Exception:
-                log.exception("telegram: outbox sweep failed")
-            await asyncio.sleep(self.options.outbox_interval)
 
     def retry_outbox(self) -> int:
         """Queue the due outbox items (oldest first); returns how many were queued."""
-        if self.core is None:
-            return 0
-        n = 0
-        now = time.monotonic()
-        # Every undelivered item; which are due is decided on the wall clock (see _to_outbox).
-        # Items from an earlier run have no entry: they are due at once.
-        for item in self.core.store.due_outbox(CHANNEL, now=_FAR_FUTURE):  # type: ignore[attr-defined]
-            if item.id in self._outbox_queued or self._retry_at.get(item.id, 0.0) > now:
-                continue
-            self._outbox_queued.add(item.id)
-            self._enqueue(Job.from_payload(item.payload, item.id, item.attempts))
-            n += 1
-        return n
+        return self.delivery.retry_outbox()
+
+    # --- the sender ----------------------------------------------------------------------------------
 
     async def _api(self, chat: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """One Bot API request within the chat's limits; RetryAfter and network errors retried
@@ -628,18 +510,18 @@ class TelegramChannel:
 
     async def _sync_proposal(self, job: Job) -> None:
         pid = int(job.proposal_id)  # type: ignore[arg-type]
-        card = self._cards.get(pid) or (self.core.proposal_card(pid) if self.core else None)
+        card = self.delivery.cards.get(pid) or (self.core.proposal_card(pid) if self.core else None)
         if card is None:
             return
         refs = self.core.message_refs(pid, CHANNEL) if self.core else []
         if not refs:
-            await self._post_card(job.chat_id, card)
+            await self._post_card(job.dest, card)
         else:
             for chat, mid in refs:
                 await self._edit_card(str(chat), str(mid), card)
-        if not card.actionable and self._cards.get(pid) is card:
+        if not card.actionable and self.delivery.cards.get(pid) is card:
             # Final: forget it (a later update re-renders from the store and costs one edit at most).
-            self._cards.pop(pid, None)
+            self.delivery.cards.pop(pid, None)
             for chat, mid in self.core.message_refs(pid, CHANNEL) if self.core else []:
                 self._last_edit.pop((str(chat), str(mid)), None)
 
@@ -687,7 +569,7 @@ class TelegramChannel:
 
     async def _send_chunks(self, job: Job, *, markup: Any = None) -> Message | None:
         bot = self.app.bot
-        chat = job.chat_id
+        chat = job.dest
         last: Message | None = None
         for i in range(job.sent, len(job.chunks)):
             text_html, text_plain = job.chunks[i]
@@ -928,10 +810,3 @@ class TelegramChannel:
 
 def _chat_arg(chat: str) -> int | str:
     return int(chat) if chat.lstrip("-").isdigit() else chat
-
-
-def _td(seconds: float) -> timedelta:
-    return timedelta(seconds=seconds)
-
-
-_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
