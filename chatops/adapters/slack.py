@@ -376,7 +376,7 @@ class SlackChannel:
             CHANNEL, core=lambda: self.core, deliver=self._deliver, give_up=(_GiveUp,), job_type=Job,
             outbox_interval=self.options.outbox_interval, outbox_backoff_max=self.options.outbox_backoff_max,
             clean=self._clean, stats=self.stats, log=log,
-            wall_clock_retries=False, leftovers_due_now=False, keep_interrupted=False)
+            wall_clock_retries=False, leftovers_due_now=False, keep_interrupted=True)
 
     @property
     def client(self) -> AsyncWebClient:
