@@ -118,6 +118,8 @@ class Executor:
             return self._block(pid, f"price moved {drift[0]:.1f}% of the premium against us ({drift[1]}), "
                                     f"more than MAX_PRICE_DRIFT_PCT {self.settings.max_price_drift_pct:g}%")
 
+        if self.approvals.is_paused():  # paused while we re-checked: nothing leaves
+            return ExecOutcome(pid, "skipped", "paused")
         if not self.store.transition(pid, "approved", "executing", actor="agent", channel="executor",
                                      reason="re-check passed" + (f"; drift {drift[0]:.1f}%" if drift else "")):
             return ExecOutcome(pid, "skipped", "another executor claimed it")
