@@ -196,9 +196,10 @@ class Settings(BaseSettings):
             raise ValueError(f"MIN_DTE ({self.min_dte}) must not exceed MAX_DTE ({self.max_dte})")
         if self.min_delta > self.max_delta:  # type: ignore[operator]
             raise ValueError(f"MIN_DELTA ({self.min_delta}) must not exceed MAX_DELTA ({self.max_delta})")
-        if self.exchange == "deribit" and not self.effective_dry_run:
-            if not (self.deribit_client_id and self.deribit_client_secret):
-                raise ValueError("EXCHANGE=deribit with DRY_RUN=false needs DERIBIT_CLIENT_ID and DERIBIT_CLIENT_SECRET")
+        if self.exchange == "deribit" and not (self.deribit_client_id and self.deribit_client_secret):
+            # Even a dry run reads the account and positions, which are private methods.
+            raise ValueError("EXCHANGE=deribit needs DERIBIT_CLIENT_ID and DERIBIT_CLIENT_SECRET (an API key with "
+                             "account:read, and trade:read_write unless DRY_RUN) from test.deribit.com")
         return self
 
     # Derived values -----------------------------------------------------------------------

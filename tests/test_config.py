@@ -15,13 +15,14 @@ def test_defaults_are_the_embedded_paper_setup():
 
 
 def test_deribit_defaults_to_dry_run():
-    s = load_settings(env_file=None, exchange="deribit")
+    s = load_settings(env_file=None, exchange="deribit", deribit_client_id="id", deribit_client_secret="secret")
     assert s.effective_dry_run and s.trading_tag == "[DRY-RUN]"
 
 
-def test_live_deribit_needs_keys():
-    with pytest.raises(ConfigError, match="DERIBIT_CLIENT_ID and DERIBIT_CLIENT_SECRET"):
-        load_settings(env_file=None, exchange="deribit", dry_run=False)
+def test_deribit_needs_keys_even_for_a_dry_run():
+    for dry in (True, False):
+        with pytest.raises(ConfigError, match="DERIBIT_CLIENT_ID and DERIBIT_CLIENT_SECRET"):
+            load_settings(env_file=None, exchange="deribit", dry_run=dry)
 
 
 def test_profile_then_single_override(monkeypatch):

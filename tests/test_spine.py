@@ -332,3 +332,37 @@ async def test_a_resting_order_stops_the_next_proposal(tmp_path):
         assert b.store.pending_proposals() == []
     finally:
         await b.stop()
+
+
+async def test_deribit_dry_run_reads_for_real_and_sends_nothing(tmp_path):
+    """EXCHANGE=deribit against a Deribit-compatible server (the paper exchange over HTTP): the
+    default dry run reads the account, proposes, and on approval simulates instead of sending."""
+    from agent.clock import SimClock as Clock
+    from agent.config import load_settings
+    from agent.deribit.paper import PaperExchange
+    from agent.exchange import open_exchange
+    from chatops.app import Bot
+    from tests.fakes.paper_http import paper_http
+
+    paper = PaperExchange(clock=Clock(), state_path=None)
+    async with paper_http(paper) as url:
+        settings = load_settings(env_file=None, exchange="deribit", deribit_base_url=url, deribit_client_id="k",
+                                 deribit_client_secret="s", database_path=str(tmp_path / "db"),
+                                 console_allowed_users="alice")
+        assert settings.effective_dry_run and settings.trading_tag == "[DRY-RUN]"
+        out = io.StringIO()
+        b = Bot(settings, exchange=open_exchange(settings, clock=paper.clock),
+                channels=[ConsoleChannel(stdout=out, user="alice", read_input=False)])
+        await b.start()
+        try:
+            await b.tick()
+            (p,) = b.store.pending_proposals()
+            await b.core.approve(p.id, "alice", "console")
+            await b.core.drain()
+            (ex,) = b.store.executions(p.id)
+            assert ex["status"] == "simulated" and ex["dry_run"]
+            assert b.store.get_proposal(p.id).status == "executed"
+            assert await b.exchange.client.get_order_state_by_label("BTC", p.label) == []
+            assert "[DRY-RUN] #1" in out.getvalue() and "(dry run)" in out.getvalue()
+        finally:
+            await b.stop()
