@@ -97,7 +97,7 @@ async def _send_once(client: DeribitClient, currency: str, req: OrderRequest) ->
     existing = await _find_by_label(client, currency, req.label)
     if existing is not None:
         log.info("order with label %s already on the exchange (%s): not sending again", req.label, existing.order_id)
-        return _outcome(req, existing, reused=True)
+        return outcome_from_order(req, existing, reused=True)
     send = client.sell if req.side == "sell" else client.buy
     try:
         result: OrderResult = await send(req.instrument_name, req.amount, req.price, label=req.label, reduce_only=req.reduce_only)
@@ -108,11 +108,11 @@ async def _send_once(client: DeribitClient, currency: str, req: OrderRequest) ->
         except DeribitError:
             existing = None
         if existing is not None:
-            return _outcome(req, existing, reused=True)
+            return outcome_from_order(req, existing, reused=True)
         return OrderOutcome(request=req, error_code=exc.code, error_message=str(exc))
     except DeribitError as exc:
         return OrderOutcome(request=req, order_state="rejected", error_code=exc.code, error_message=str(exc))
-    return _outcome(req, result.order)
+    return outcome_from_order(req, result.order)
 
 
 async def _find_by_label(client: DeribitClient, currency: str, label: str) -> Order | None:
@@ -125,10 +125,11 @@ async def _cancel(client: DeribitClient, outcome: OrderOutcome) -> OrderOutcome:
         order = await client.cancel(outcome.order_id or "")
     except DeribitError as exc:
         return outcome.model_copy(update={"error_message": f"cancel failed: {exc}"})
-    return _outcome(outcome.request, order, reused=outcome.reused)
+    return outcome_from_order(outcome.request, order, reused=outcome.reused)
 
 
-def _outcome(req: OrderRequest, order: Order, reused: bool = False) -> OrderOutcome:
+def outcome_from_order(req: OrderRequest, order: Order, reused: bool = False) -> OrderOutcome:
+    """What an order on the exchange says about a request (also used to reconcile after a crash)."""
     avg = order.average_price or None
     return OrderOutcome(request=req, order_id=order.order_id, order_state=order.order_state,
                         filled_amount=order.filled_amount, average_price=avg, reused=reused)

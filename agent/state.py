@@ -116,8 +116,7 @@ def select_candidates(
             continue
         mark = b.mark_price if b.mark_price is not None else mid
         annual_yield = b.bid_price * (365.0 / dte) * 100.0 if dte > 0 else 0.0
-        # Higher yield is better; distance from the target delta and DTE costs points.
-        score = annual_yield - 100.0 * abs(delta - settings.target_delta) - 2.0 * abs(dte - settings.target_dte)  # type: ignore[operator]
+        score = candidate_score(annual_yield, delta, dte, settings)
         out.append(
             Candidate(
                 id="",
@@ -146,6 +145,11 @@ def select_candidates(
         )
     out.sort(key=lambda c: (-c.score, c.expiration_timestamp, c.strike))
     return [c.model_copy(update={"id": f"c{n}"}) for n, c in enumerate(out, start=1)]
+
+
+def candidate_score(annual_yield_pct: float, delta: float, dte: float, settings: Settings) -> float:
+    """Higher yield is better; distance from the target delta and DTE costs points."""
+    return annual_yield_pct - 100.0 * abs(delta - settings.target_delta) - 2.0 * abs(dte - settings.target_dte)  # type: ignore[operator]
 
 
 def _enrich_position(pid, p, inst: Instrument | None, b: BookSummary | None, spot: float, now_ms: int) -> OptionPosition:
@@ -210,4 +214,4 @@ def parse_option_name(name: str) -> dict:
     }
 
 
-__all__ = ["build_agent_state", "select_candidates", "parse_option_name", "YEAR_SECONDS"]
+__all__ = ["build_agent_state", "select_candidates", "candidate_score", "parse_option_name", "YEAR_SECONDS"]

@@ -11,6 +11,7 @@ from datetime import timedelta
 from .config import Settings
 from .models import AgentState
 from .pricing import call_delta, call_price_coin
+from .state import candidate_score
 
 ALLOWED = {
     "equity": "coin held, e.g. equity=0 or equity=2",
@@ -95,7 +96,7 @@ def apply_overrides(state: AgentState, overrides: dict[str, tuple[float, str]], 
             ask=c.ask * scale if c.ask is not None else None, mark=mark, bid_usd=bid * fwd,
             ask_usd=c.ask * scale * fwd if c.ask is not None else None, mark_usd=mark * fwd,
             otm_pct=(c.strike / fwd - 1) * 100, annualized_yield_pct=yld,
-            score=yld - 100 * abs(delta - settings.target_delta) - 2 * abs(dte - settings.target_dte),
+            score=candidate_score(yld, delta, dte, settings),
         )))
     cands.sort(key=lambda c: -c.score)
     cands = [c.model_copy(update={"id": f"c{i}"}) for i, c in enumerate(cands, start=1)]

@@ -18,8 +18,8 @@ from typing import Awaitable, Callable
 from agent.clock import to_datetime
 from agent.config import Settings
 from agent.deribit.errors import DeribitError
-from agent.execution import execute_action
-from agent.models import Action, ActionType, AgentState, ExecutionResult, ExecutionStatus, OrderOutcome, OrderRequest
+from agent.execution import execute_action, outcome_from_order
+from agent.models import Action, ActionType, AgentState, ExecutionResult, ExecutionStatus, OrderRequest
 from agent.risk import check_action_allowed
 from agent.state import build_agent_state
 
@@ -163,9 +163,7 @@ class Executor:
                         o = found[0]
                         req = OrderRequest(instrument_name=o.instrument_name, side=o.direction, amount=o.amount,
                                            price=o.price if isinstance(o.price, float) else 0.0, label=lb)
-                        outcomes.append(OrderOutcome(request=req, order_id=o.order_id, order_state=o.order_state,
-                                                     filled_amount=o.filled_amount, average_price=o.average_price or None,
-                                                     reused=True))
+                        outcomes.append(outcome_from_order(req, o, reused=True))
             except DeribitError as exc:
                 log.error("reconcile #%d: exchange error %s; left executing", row.id, exc)
                 continue
