@@ -17,6 +17,8 @@ from datetime import date, datetime, timedelta, timezone
 from statistics import NormalDist
 from typing import Any, Iterable, Literal
 
+from ..market.base import PricePath
+from ..market.base import smile_iv as _smile_iv
 from ..pricing import call_price_coin
 
 DAY_MS = 86_400_000
@@ -191,9 +193,7 @@ def atm_iv(vol: float, t_years: float) -> float:
 
 def smile_iv(atm: float, forward: float, strike: float, t_years: float) -> float:
     """iv = atm * (1 + a*m + b*m^2), m = ln(K/F)/sqrt(T): a smile with out-of-the-money calls slightly bid."""
-    m = math.log(strike / forward) / math.sqrt(max(t_years, 1.0 / (365 * 24)))
-    m = min(max(m, -3.0), 3.0)
-    return min(max(atm * (1.0 + 0.06 * m + 0.12 * m * m), 0.05), 3.0)
+    return _smile_iv(atm, forward, strike, t_years)
 
 
 # --- deterministic randomness ----------------------------------------------------------------
@@ -215,18 +215,22 @@ class MarketParams:
     spot0: float
     vol: float = 0.5
     step_ms: int = 60_000
+    model: dict[str, Any] | None = None  # another market model (agent.market), as its to_dict(); None: this GBM
 
     def to_dict(self) -> dict[str, Any]:
-        return {"currency": self.currency, "seed": self.seed, "start_ms": self.start_ms, "spot0": self.spot0,
-                "vol": self.vol, "step_ms": self.step_ms}
+        out = {"currency": self.currency, "seed": self.seed, "start_ms": self.start_ms, "spot0": self.spot0,
+               "vol": self.vol, "step_ms": self.step_ms}
+        if self.model is not None:
+            out["model"] = self.model
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MarketParams":
         return cls(str(d["currency"]), int(d["seed"]), int(d["start_ms"]), float(d["spot0"]), float(d["vol"]),
-                   int(d["step_ms"]))
+                   int(d["step_ms"]), d.get("model"))
 
 
-class SpotPath:
+class SpotPath(PricePath):
     """Geometric Brownian motion (zero drift in price) on a fixed step, plus test shocks.
 
     Increments come in blocks of BLOCK normals, each block from an RNG keyed on (seed, currency,
@@ -236,15 +240,16 @@ class SpotPath:
     """
 
     _KEEP_BLOCKS = 64
+    kind = "gbm"
 
     def __init__(self, params: MarketParams, shocks: Iterable[tuple[int, float]] = ()) -> None:
+        super().__init__(params.currency, params.start_ms, params.step_ms, shocks)
         self.params = params
         self._sd = params.vol * math.sqrt(params.step_ms / YEAR_MS)
         self._drift = -0.5 * self._sd * self._sd  # E[S] stays constant: drift 0 in price terms
+        self._log_spot0 = math.log(params.spot0)
         self._block_start: list[float] = [0.0]  # sum of all increments before block i
         self._inner: dict[int, array] = {}
-        self.shocks: list[tuple[int, float]] = sorted((int(t), float(f)) for t, f in shocks)
-        self.version = 0
 
     def _rng(self, b: int, part: str) -> random.Random:
         return random.Random(f"paper-spot:{self.params.seed}:{self.params.currency}:{b}:{part}")
@@ -279,31 +284,17 @@ class SpotPath:
             self._block_start.append(self._block_start[-1] + self._block_total(len(self._block_start) - 1))
         return self._block_start[b] + (self._block(b)[j] if j else 0.0)
 
-    def step_index(self, t_ms: int) -> int:
-        return max(0, (t_ms - self.params.start_ms) // self.params.step_ms)
+    def raw_log_spot(self, step: int) -> float:
+        return self._log_spot0 + self._sd * self._cum(step) + self._drift * step
 
-    def spot(self, t_ms: int) -> float:
-        k = self.step_index(t_ms)
-        log_s = math.log(self.params.spot0) + self._sd * self._cum(k) + self._drift * k
-        for at, factor in self.shocks:
-            if at > t_ms:
-                break
-            log_s += math.log(factor)
-        return math.exp(log_s)
+    def atm_vol(self, t_ms: int, t_years: float) -> float:
+        return atm_iv(self.params.vol, t_years)
 
-    def add_shock(self, t_ms: int, factor: float) -> None:
-        """Multiply the spot by `factor` from `t_ms` on: the past is left as it was."""
-        if factor <= 0:
-            raise ValueError("a shock factor must be positive")
-        self.shocks.append((int(t_ms), float(factor)))
-        self.shocks.sort()
-        self.version += 1
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "vol": self.params.vol}
 
-    def average(self, end_ms: int, window_ms: int = SETTLEMENT_WINDOW_MS) -> float:
-        """Mean of one sample per step over [end - window, end): Deribit's 30-minute settlement average."""
-        n = max(1, window_ms // self.params.step_ms)
-        start = end_ms - n * self.params.step_ms
-        return sum(self.spot(start + i * self.params.step_ms) for i in range(n)) / n
+    def describe(self) -> str:
+        return f"random walk at a constant {self.params.vol:.0%} vol (implied = realized)"
 
 
 # --- instruments and quotes --------------------------------------------------------------------
@@ -380,7 +371,7 @@ class Market:
     """One currency's option market: its path, its listed expiries and the instruments on them."""
 
     params: MarketParams
-    path: SpotPath
+    path: PricePath
     expiries: dict[int, Expiry] = field(default_factory=dict)
     settled: list[Expiry] = field(default_factory=list)  # most recent last, bounded
     options: dict[str, OptionSpec] = field(default_factory=dict)
@@ -394,7 +385,16 @@ class Market:
 
     @classmethod
     def create(cls, params: MarketParams, shocks: Iterable[tuple[int, float]] = ()) -> "Market":
+        if params.model is not None:
+            from ..market import model_from_dict
+
+            return cls(params=params, path=model_from_dict(params.model, shocks))
         return cls(params=params, path=SpotPath(params, shocks))
+
+    @classmethod
+    def on_model(cls, params: MarketParams, path: PricePath) -> "Market":
+        """A market on a model built elsewhere (agent.market); its to_dict() is kept in the params."""
+        return cls(params=params, path=path)
 
     @property
     def currency(self) -> str:
@@ -484,7 +484,7 @@ class Market:
             mark = intrinsic / fwd
             bid, ask = bid_ask(mark) if mark > 0 else (None, TICK_SIZE)
             return Quote(mark, 0.0, fwd, spot, 0.0, bid, ask)
-        iv = round(smile_iv(atm_iv(self.params.vol, t), fwd, spec.strike, t) * 100.0, 2) / 100.0
+        iv = round(self.path.smile_iv(self.path.atm_vol(now_ms, t), fwd, spec.strike, t) * 100.0, 2) / 100.0
         call = call_price_coin(fwd, spec.strike, iv, t)
         mark = call if spec.option_type == "call" else call - (fwd - spec.strike) / fwd
         mark = round(max(mark, 0.0), 8)
@@ -516,7 +516,7 @@ class Market:
             return self._summary_cache[1]
         cur = self.currency
         spot = self.spot(now_ms)
-        vol = self.params.vol
+        path = self.path
         out: list[dict[str, Any]] = []
         for exp_ms in sorted(self.expiries):
             e = self.expiries[exp_ms]
@@ -524,11 +524,11 @@ class Market:
             if t <= 0:
                 continue
             fwd = _forward(spot, t)
-            atm = atm_iv(vol, t)
+            atm = path.atm_vol(now_ms, t)
             u_index = underlying_index(cur, e)
             calls: dict[float, tuple[float, float]] = {}
             for strike in e.strikes:
-                iv_pct = round(smile_iv(atm, fwd, strike, t) * 100.0, 2)
+                iv_pct = round(path.smile_iv(atm, fwd, strike, t) * 100.0, 2)
                 calls[strike] = (iv_pct, call_price_coin(fwd, strike, iv_pct / 100.0, t))
             for spec in self.by_expiry[exp_ms]:
                 iv_pct, call = calls[spec.strike]
