@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import errors
 from .errors import DeribitError, InvalidCredentials, TransportError, Unauthorized, error_for
@@ -449,10 +449,24 @@ def _parse(model: type[M], result: Any) -> M:
         raise DeribitError(None, f"unexpected {model.__name__} in response: {exc.errors()[0]['msg']}") from None
 
 
+_LIST_ADAPTERS: dict[type, TypeAdapter] = {}
+
+
 def _parse_list(model: type[M], result: Any) -> list[M]:
-    """Parse a list, skipping entries that are not of this kind (e.g. a future in an option book)."""
+    """Parse a list, skipping entries that are not of this kind (e.g. a future in an option book).
+
+    The whole list is validated in one call (a fraction of the cost of one call per entry on a
+    chain of thousands); only when that fails is it parsed entry by entry, to skip the odd ones.
+    """
     if not isinstance(result, list):
         raise DeribitError(None, f"expected a list of {model.__name__}, got {type(result).__name__}")
+    adapter = _LIST_ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _LIST_ADAPTERS[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
+    try:
+        return adapter.validate_python(result)
+    except ValidationError:
+        pass
     out = []
     for item in result:
         try:

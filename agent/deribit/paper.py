@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import Clock, WallClock
+from ..market.base import PricePath
 from .paper_market import (
     DEFAULT_SPOT,
     TICK_SIZE,
@@ -80,8 +81,10 @@ class PaperExchange(AccountMixin, OrdersMixin):
         client_id: str | None | object = _DEFAULT,
         client_secret: str | None | object = _DEFAULT,
         currencies: tuple[str, ...] = ("BTC", "ETH"),
+        models: dict[str, PricePath] | None = None,
     ) -> None:
         self.clock: Clock = clock or WallClock()
+        self._models = {k.upper(): v for k, v in (models or {}).items()}  # fresh state only, like the seed
         self.currency = currency.upper()
         if self.currency not in currencies:
             raise ValueError(f"currency {currency!r} is not one of {currencies}")
@@ -123,9 +126,12 @@ class PaperExchange(AccountMixin, OrdersMixin):
                currencies: tuple[str, ...]) -> None:
         now = self.clock.now_ms()
         spots = {c: float(spot.get(c, DEFAULT_SPOT.get(c, 100.0))) for c in currencies}
+        spots.update({c: round(m.spot(now), 2) for c, m in self._models.items() if c in spots})
         for cur in currencies:
-            params = MarketParams(cur, seed, now, spots[cur], vol, int(step_s * 1000))
-            market = Market.create(params)
+            model = self._models.get(cur)
+            params = MarketParams(cur, seed, now, spots[cur], vol, int(step_s * 1000),
+                                  model.to_dict() if model is not None else None)
+            market = Market.create(params) if model is None else Market.on_model(params, model)
             market.list_due(now)
             self.markets[cur] = market
             # Other currencies start with the same USD value as the main account.
@@ -291,6 +297,9 @@ class PaperExchange(AccountMixin, OrdersMixin):
                 if market.list_due(b):
                     self._dirty = True
             b = next_boundary(b)
+        for market in self.markets.values():
+            if market.extend_strikes(now):  # the spot moved away: Deribit lists more strikes
+                self._dirty = True
         self._match_resting(now)
         self._last_ms = now
 

@@ -13,18 +13,20 @@ import math
 import random
 from array import array
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
 from statistics import NormalDist
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 from ..market.base import PricePath
 from ..market.base import smile_iv as _smile_iv
 from ..pricing import call_price_coin
+from .paper_chain import ExpiryTable, price_expiry
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-YEAR_MS = 365 * DAY_MS
-EXPIRY_HOUR_UTC = 8
+from .paper_calendar import (  # noqa: F401  (re-exported: the market's public names)
+    DAY_MS, EXPIRY_HOUR_UTC, GRID, HOUR_MS, YEAR_MS, Kind, _date, _MONTHS, _ms, calendar, expiry_code, expiry_kind,
+    format_strike, grid_spacing, instrument_name, missing_strikes, next_boundary, nice_spacing, settlement_period,
+    strike_grid,
+)
+
 CARRY = 0.05  # forward = spot * exp(CARRY * T): a small contango, as on Deribit
 BLOCK = 1024  # spot-path steps drawn per RNG block
 SETTLEMENT_WINDOW_MS = 30 * 60_000
@@ -36,119 +38,7 @@ DEFAULT_SPOT = {"BTC": 95_000.0, "ETH": 3_500.0}
 MAX_OPEN_INTEREST = {"BTC": 1_200.0, "ETH": 15_000.0}
 NO_BID_BELOW = 0.0002  # marks under this quote no bid (deep out of the money)
 HALF_SPREAD = 0.035  # of mark; the spread is rounded outward to whole ticks
-
-Kind = Literal["day", "week", "month", "quarter"]
-_MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
 _N = NormalDist()
-
-# Strike spacing as a fraction of the forward (500 / 1000 / 2500 / 5000 at BTC 95,000) and the
-# half-width of the grid around the forward, by the kind of expiry: wider for longer tenors.
-GRID: dict[str, tuple[float, float]] = {
-    "day": (500 / 95_000, 0.08),
-    "week": (1_000 / 95_000, 0.20),
-    "month": (2_500 / 95_000, 0.40),
-    "quarter": (5_000 / 95_000, 0.60),
-}
-
-
-# --- the expiry calendar ---------------------------------------------------------------------
-
-
-def _ms(d: date) -> int:
-    return int(datetime(d.year, d.month, d.day, EXPIRY_HOUR_UTC, tzinfo=timezone.utc).timestamp() * 1000)
-
-
-def _date(ms: int) -> date:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date()
-
-
-def _last_friday(year: int, month: int) -> date:
-    nxt = date(year + (month == 12), month % 12 + 1, 1)
-    d = nxt - timedelta(days=1)
-    return d - timedelta(days=(d.weekday() - 4) % 7)
-
-
-def expiry_kind(expiry_ms: int) -> Kind:
-    """Quarterly, monthly (last Friday), weekly (Friday) or daily, from the date alone."""
-    d = _date(expiry_ms)
-    if d.weekday() == 4 and d == _last_friday(d.year, d.month):
-        return "quarter" if d.month % 3 == 0 else "month"
-    return "week" if d.weekday() == 4 else "day"
-
-
-def settlement_period(kind: Kind) -> str:
-    """Deribit's `settlement_period`: quarterlies are monthly expiries too."""
-    return {"day": "day", "week": "week", "month": "month", "quarter": "month"}[kind]
-
-
-def next_boundary(t_ms: int) -> int:
-    """The first 08:00 UTC strictly after `t_ms`: when expiries settle and new ones list."""
-    d = _date(t_ms)
-    b = _ms(d)
-    return b if b > t_ms else _ms(d + timedelta(days=1))
-
-
-def calendar(now_ms: int) -> list[int]:
-    """Expiries (ms, 08:00 UTC) listed at `now_ms`: Deribit's dailies, weeklies, monthlies, quarterlies."""
-    first = _date(next_boundary(now_ms))
-    out: set[date] = {first + timedelta(days=i) for i in range(3)}
-    friday = first + timedelta(days=(4 - first.weekday()) % 7)
-    out |= {friday + timedelta(weeks=i) for i in range(4)}
-    y, m, monthly = first.year, first.month, []
-    while len(monthly) < 3:
-        lf = _last_friday(y, m)
-        if lf >= first:
-            monthly.append(lf)
-        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
-    out |= set(monthly)
-    horizon = first + timedelta(days=370)
-    y, m = first.year, first.month
-    while date(y, m, 1) <= horizon:
-        lf = _last_friday(y, m)
-        if m % 3 == 0 and first <= lf <= horizon:
-            out.add(lf)
-        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
-    return sorted(_ms(d) for d in out)
-
-
-def expiry_code(expiry_ms: int) -> str:
-    """`4DEC26`: day without a leading zero, month, two-digit year."""
-    d = _date(expiry_ms)
-    return f"{d.day}{_MONTHS[d.month - 1]}{d.year % 100:02d}"
-
-
-def format_strike(strike: float) -> str:
-    return str(int(strike)) if float(strike).is_integer() else repr(float(strike))
-
-
-def instrument_name(currency: str, expiry_ms: int, strike: float, option_type: str) -> str:
-    return f"{currency}-{expiry_code(expiry_ms)}-{format_strike(strike)}-{'C' if option_type == 'call' else 'P'}"
-
-
-# --- strike grid -----------------------------------------------------------------------------
-
-
-def nice_spacing(raw: float) -> float:
-    """The round number (1, 2.5 or 5 times a power of ten) nearest to `raw` on a log scale."""
-    exp = math.floor(math.log10(raw))
-    best = raw
-    best_gap = math.inf
-    for e in (exp - 1, exp, exp + 1):
-        for m in (1.0, 2.5, 5.0):
-            cand = m * 10.0**e
-            gap = abs(math.log(cand / raw))
-            if gap < best_gap:
-                best, best_gap = cand, gap
-    return float(round(best, 10))
-
-
-def strike_grid(forward: float, kind: Kind) -> tuple[float, ...]:
-    """Round strikes around the forward at listing time; spacing and width grow with tenor."""
-    frac, width = GRID[kind]
-    sp = nice_spacing(forward * frac)
-    lo = math.ceil(forward * (1 - width) / sp)
-    hi = math.floor(forward * (1 + width) / sp)
-    return tuple(float(round(i * sp, 10)) for i in range(max(lo, 1), hi + 1))
 
 
 # --- tick grid -------------------------------------------------------------------------------
@@ -322,22 +212,28 @@ class OptionSpec:
 
 @dataclass
 class Expiry:
-    """One listed expiry: its strike grid is fixed at listing time around the then forward."""
+    """One listed expiry: its strike spacing is fixed at listing time around the then forward;
+    strikes are added (never removed) as the forward moves, each with when and where it listed."""
 
     expiry_ms: int
     kind: Kind
     listed_ms: int
     listing_forward: float
     strikes: tuple[float, ...]
+    added: dict[float, tuple[int, float]] = field(default_factory=dict)  # strike -> (listed ms, forward then)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"expiry_ms": self.expiry_ms, "kind": self.kind, "listed_ms": self.listed_ms,
-                "listing_forward": self.listing_forward, "strikes": list(self.strikes)}
+        out: dict[str, Any] = {"expiry_ms": self.expiry_ms, "kind": self.kind, "listed_ms": self.listed_ms,
+                               "listing_forward": self.listing_forward, "strikes": list(self.strikes)}
+        if self.added:
+            out["added"] = [[k, ms, f] for k, (ms, f) in sorted(self.added.items())]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Expiry":
         return cls(int(d["expiry_ms"]), d["kind"], int(d["listed_ms"]), float(d["listing_forward"]),
-                   tuple(float(s) for s in d["strikes"]))
+                   tuple(float(s) for s in d["strikes"]),
+                   {float(k): (int(ms), float(f)) for k, ms, f in d.get("added", [])})
 
 
 @dataclass(frozen=True)
@@ -380,6 +276,7 @@ class Market:
     _expired_specs: dict[int, list[OptionSpec]] = field(default_factory=dict, repr=False)
     version: int = 0
     _summary_cache: tuple[tuple[int, int], list[dict[str, Any]]] | None = field(default=None, repr=False)
+    _tables: dict[tuple[int, int, int], ExpiryTable] = field(default_factory=dict, repr=False)
 
     MAX_SETTLED = 60
 
@@ -422,6 +319,27 @@ class Market:
             self._reindex()
         return added
 
+    def extend_strikes(self, now_ms: int) -> list[int]:
+        """List new strikes where the forward has moved towards the edge of an expiry's grid, as
+        Deribit does intraday; returns the expiries that grew."""
+        spot = self.spot(now_ms)
+        grown = []
+        for exp_ms, e in self.expiries.items():
+            t = (exp_ms - now_ms) / YEAR_MS
+            if t <= 0:
+                continue
+            fwd = _forward(spot, t)
+            new = missing_strikes(e.strikes, e.listing_forward, e.kind, fwd)
+            if new:
+                for k in new:
+                    e.added[k] = (now_ms, fwd)
+                e.strikes = tuple(sorted(set(e.strikes) | set(new)))
+                self.by_expiry.pop(exp_ms, None)
+                grown.append(exp_ms)
+        if grown:
+            self._reindex()
+        return grown
+
     def pop_expired(self, upto_ms: int) -> list[Expiry]:
         """Unlist the expiries at or before `upto_ms` (the caller settles them)."""
         gone = [e for ms, e in sorted(self.expiries.items()) if ms <= upto_ms]
@@ -452,14 +370,15 @@ class Market:
         width = GRID[e.kind][1] / 2.5
         out = []
         for strike in e.strikes:
-            # Open interest peaks near the money and thins out towards the wings.
-            closeness = math.exp(-0.5 * (math.log(strike / e.listing_forward) / width) ** 2)
+            listed_ms, ref_fwd = e.added.get(strike, (e.listed_ms, e.listing_forward))
+            # Open interest peaks near where the money was when the strike listed, thinner in the wings.
+            closeness = math.exp(-0.5 * (math.log(strike / ref_fwd) / width) ** 2)
             for ot in ("call", "put"):
                 name = instrument_name(cur, e.expiry_ms, strike, ot)
                 oi = round(max_oi * closeness * (0.35 + 0.65 * unit_hash(seed, name, "oi")), 1)
                 vol = round(oi * 0.05 * unit_hash(seed, name, "volume"), 1)
                 iid = 100_000 + int(unit_hash(seed, name, "id") * 900_000)
-                out.append(OptionSpec(name, cur, e.expiry_ms, strike, ot, e.kind, e.listed_ms, iid, oi, vol))
+                out.append(OptionSpec(name, cur, e.expiry_ms, strike, ot, e.kind, listed_ms, iid, oi, vol))
         return out
 
     def _reindex(self) -> None:
@@ -484,12 +403,34 @@ class Market:
             mark = intrinsic / fwd
             bid, ask = bid_ask(mark) if mark > 0 else (None, TICK_SIZE)
             return Quote(mark, 0.0, fwd, spot, 0.0, bid, ask)
-        iv = round(self.path.smile_iv(self.path.atm_vol(now_ms, t), fwd, spec.strike, t) * 100.0, 2) / 100.0
-        call = call_price_coin(fwd, spec.strike, iv, t)
-        mark = call if spec.option_type == "call" else call - (fwd - spec.strike) / fwd
-        mark = round(max(mark, 0.0), 8)
-        bid, ask = bid_ask(mark)
-        return Quote(mark, iv, fwd, spot, t, bid, ask)
+        e = self.expiries.get(spec.expiry_ms)
+        if e is None or spec.strike not in e.strikes:  # not listed (a test's own spec): price it alone
+            iv = round(self.path.smile_iv(self.path.atm_vol(now_ms, t), fwd, spec.strike, t) * 100.0, 2) / 100.0
+            call = call_price_coin(fwd, spec.strike, iv, t)
+            mark = call if spec.option_type == "call" else call - (fwd - spec.strike) / fwd
+            mark = round(max(mark, 0.0), 8)
+            bid, ask = bid_ask(mark)
+            return Quote(mark, iv, fwd, spot, t, bid, ask)
+        tab = self._table(e, now_ms, spot)
+        i = tab.index[spec.strike]
+        if spec.option_type == "call":
+            mark, bid, ask = tab.call_mark[i], tab.call_bid[i], tab.call_ask[i]
+        else:
+            mark, bid, ask = tab.put_mark[i], tab.put_bid[i], tab.put_ask[i]
+        return Quote(mark, tab.iv_pct[i] / 100.0, tab.forward, spot, tab.t_years, bid, ask)
+
+    def _table(self, e: Expiry, now_ms: int, spot: float) -> ExpiryTable:
+        """Every option of an expiry priced at once, cached for this instant and market version."""
+        key = (e.expiry_ms, now_ms, self.version * 1_000_003 + self.path.version)
+        tab = self._tables.get(key)
+        if tab is None:
+            if len(self._tables) > 256:
+                self._tables.clear()
+            t = (e.expiry_ms - now_ms) / YEAR_MS
+            fwd = _forward(spot, t)
+            tab = self._tables[key] = price_expiry(e.strikes, fwd, t, self.path.atm_vol(now_ms, t), self.path.skew,
+                                                   self.path.curvature)
+        return tab
 
     def greeks(self, spec: OptionSpec, q: Quote) -> dict[str, float]:
         """Black-76 greeks as Deribit shows them: delta N(d1) (minus 1 for puts), vega and theta in USD."""
@@ -516,25 +457,22 @@ class Market:
             return self._summary_cache[1]
         cur = self.currency
         spot = self.spot(now_ms)
-        path = self.path
         out: list[dict[str, Any]] = []
         for exp_ms in sorted(self.expiries):
             e = self.expiries[exp_ms]
             t = (exp_ms - now_ms) / YEAR_MS
             if t <= 0:
                 continue
-            fwd = _forward(spot, t)
-            atm = path.atm_vol(now_ms, t)
+            tab = self._table(e, now_ms, spot)
+            fwd = tab.forward
             u_index = underlying_index(cur, e)
-            calls: dict[float, tuple[float, float]] = {}
-            for strike in e.strikes:
-                iv_pct = round(path.smile_iv(atm, fwd, strike, t) * 100.0, 2)
-                calls[strike] = (iv_pct, call_price_coin(fwd, strike, iv_pct / 100.0, t))
             for spec in self.by_expiry[exp_ms]:
-                iv_pct, call = calls[spec.strike]
-                mark = call if spec.option_type == "call" else call - (fwd - spec.strike) / fwd
-                mark = round(max(mark, 0.0), 8)
-                bid, ask = bid_ask(mark)
+                i = tab.index[spec.strike]
+                if spec.option_type == "call":
+                    mark, bid, ask = tab.call_mark[i], tab.call_bid[i], tab.call_ask[i]
+                else:
+                    mark, bid, ask = tab.put_mark[i], tab.put_bid[i], tab.put_ask[i]
+                iv_pct = tab.iv_pct[i]
                 out.append({
                     "instrument_name": spec.name,
                     "base_currency": cur,
