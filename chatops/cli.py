@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     shd.add_argument("--since")
     shd.add_argument("--json", action="store_true")
 
+    from .backtest import add_parser as _add_backtest
+
+    _add_backtest(sub)
+
     pe = sub.add_parser("paper-exchange", help="serve the paper exchange over HTTP (Deribit's API)")
     pe.add_argument("--host", default="127.0.0.1")
     pe.add_argument("--port", type=int, default=8765)
@@ -126,6 +130,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_tick(settings, args.json))
     if cmd == "paper-exchange":
         return _paper(settings, args)
+    if cmd == "backtest":
+        from .backtest import main_backtest
+
+        return main_backtest(settings, args)
     from .store import Store
 
     store = Store(settings.database_path)

@@ -42,25 +42,12 @@ class ExpiryTable:
     put_bid: list[float | None]
     put_ask: list[float]
     index: dict[float, int]
+    call_mid: list[float | None]
+    put_mid: list[float | None]
 
 
-def smile_array(atm: float, forward: float, strikes: np.ndarray, t_years: float, skew: float,
-                curvature: float) -> np.ndarray:
-    m = np.log(strikes / forward) / math.sqrt(max(t_years, 1.0 / (365 * 24)))
-    m = np.clip(m, -3.0, 3.0)
-    return np.clip(atm * (1.0 + skew * m + curvature * m * m), 0.05, 3.0)
-
-
-def call_coin_array(forward: float, strikes: np.ndarray, vols: np.ndarray, t_years: float) -> np.ndarray:
-    """Black-76 call premiums in coin (undiscounted), as agent.pricing.call_price_coin."""
-    sd = vols * math.sqrt(t_years)
-    d1 = (np.log(forward / strikes) + 0.5 * sd * sd) / sd
-    d2 = d1 - sd
-    return (forward * norm_cdf(d1) - strikes * norm_cdf(d2)) / forward
-
-
-def bid_ask_array(marks: np.ndarray) -> tuple[list[float | None], list[float]]:
-    """paper_market.bid_ask on a whole array (the same rules, the same results)."""
+def bid_ask_array(marks: np.ndarray) -> tuple[list[float | None], list[float], list[float | None]]:
+    """paper_market.bid_ask on a whole array (the same rules, the same results), and the mids."""
     pips = marks * _PIPS_PER_COIN
     tick = np.where(pips > _COARSE_ABOVE_PIPS, _COARSE_PIPS, 1)
     n = np.maximum(1, np.round(2 * _HALF_SPREAD * pips / tick))
@@ -74,18 +61,38 @@ def bid_ask_array(marks: np.ndarray) -> tuple[list[float | None], list[float]]:
     ask = np.where(no_bid, np.maximum(ask, 1), ask)
     bids = [None if nb else b / _PIPS_PER_COIN for nb, b in zip(no_bid.tolist(), bid.tolist())]
     asks = [a / _PIPS_PER_COIN for a in ask.tolist()]
-    return bids, asks
+    # (bid + ask) / 2 rounded to 8 decimals is exactly (bid_pips + ask_pips) / 20000.
+    mids = [None if nb else (b + a) / (2 * _PIPS_PER_COIN) for nb, b, a in zip(no_bid.tolist(), bid.tolist(), ask.tolist())]
+    return bids, asks, mids
 
 
-def price_expiry(strikes: tuple[float, ...], forward: float, t_years: float, atm: float, skew: float,
-                 curvature: float) -> ExpiryTable:
-    k = np.asarray(strikes, dtype=float)
-    iv_pct = np.round(smile_array(atm, forward, k, t_years, skew, curvature) * 100.0, 2)
-    call = call_coin_array(forward, k, iv_pct / 100.0, t_years)
-    put = call - (forward - k) / forward
+def price_chain(expiries: list[tuple[int, tuple[float, ...], float, float, float]], skew: float,
+                curvature: float) -> dict[int, ExpiryTable]:
+    """Every listed option at one instant in one pass. `expiries`: (expiry ms, strikes, forward,
+    t in years, at-the-money vol) for each expiry not yet expired."""
+    if not expiries:
+        return {}
+    sizes = [len(e[1]) for e in expiries]
+    k = np.fromiter((x for e in expiries for x in e[1]), dtype=float, count=sum(sizes))
+    fwd = np.repeat([e[2] for e in expiries], sizes)
+    t = np.repeat([e[3] for e in expiries], sizes)
+    atm = np.repeat([e[4] for e in expiries], sizes)
+    m = np.clip(np.log(k / fwd) / np.sqrt(np.maximum(t, 1.0 / (365 * 24))), -3.0, 3.0)
+    iv_pct = np.round(np.clip(atm * (1.0 + skew * m + curvature * m * m), 0.05, 3.0) * 100.0, 2)
+    sd = iv_pct / 100.0 * np.sqrt(t)
+    d1 = (np.log(fwd / k) + 0.5 * sd * sd) / sd
+    call = (fwd * norm_cdf(d1) - k * norm_cdf(d1 - sd)) / fwd
+    put = call - (fwd - k) / fwd
     call_mark = np.round(np.maximum(call, 0.0), 8)
     put_mark = np.round(np.maximum(put, 0.0), 8)
-    cb, ca = bid_ask_array(call_mark)
-    pb, pa = bid_ask_array(put_mark)
-    return ExpiryTable(forward, t_years, iv_pct.tolist(), call_mark.tolist(), cb, ca, put_mark.tolist(), pb, pa,
-                       {s: i for i, s in enumerate(strikes)})
+    cb, ca, cm = bid_ask_array(call_mark)
+    pb, pa, pm = bid_ask_array(put_mark)
+    ivl, cml, pml = iv_pct.tolist(), call_mark.tolist(), put_mark.tolist()
+    out: dict[int, ExpiryTable] = {}
+    i = 0
+    for (exp_ms, strikes, f, ty, _), n in zip(expiries, sizes):
+        j = i + n
+        out[exp_ms] = ExpiryTable(f, ty, ivl[i:j], cml[i:j], cb[i:j], ca[i:j], pml[i:j], pb[i:j], pa[i:j],
+                                  {s: x for x, s in enumerate(strikes)}, cm[i:j], pm[i:j])
+        i = j
+    return out

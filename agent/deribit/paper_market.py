@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from ..market.base import PricePath
 from ..market.base import smile_iv as _smile_iv
 from ..pricing import call_price_coin
-from .paper_chain import ExpiryTable, price_expiry
+from .paper_chain import ExpiryTable, price_chain
 
 from .paper_calendar import (  # noqa: F401  (re-exported: the market's public names)
     DAY_MS, EXPIRY_HOUR_UTC, GRID, HOUR_MS, YEAR_MS, Kind, _date, _MONTHS, _ms, calendar, expiry_code, expiry_kind,
@@ -276,7 +276,7 @@ class Market:
     _expired_specs: dict[int, list[OptionSpec]] = field(default_factory=dict, repr=False)
     version: int = 0
     _summary_cache: tuple[tuple[int, int], list[dict[str, Any]]] | None = field(default=None, repr=False)
-    _tables: dict[tuple[int, int, int], ExpiryTable] = field(default_factory=dict, repr=False)
+    _tables: tuple[tuple[int, int], dict[int, ExpiryTable]] | None = field(default=None, repr=False)
 
     MAX_SETTLED = 60
 
@@ -420,17 +420,17 @@ class Market:
         return Quote(mark, tab.iv_pct[i] / 100.0, tab.forward, spot, tab.t_years, bid, ask)
 
     def _table(self, e: Expiry, now_ms: int, spot: float) -> ExpiryTable:
-        """Every option of an expiry priced at once, cached for this instant and market version."""
-        key = (e.expiry_ms, now_ms, self.version * 1_000_003 + self.path.version)
-        tab = self._tables.get(key)
-        if tab is None:
-            if len(self._tables) > 256:
-                self._tables.clear()
-            t = (e.expiry_ms - now_ms) / YEAR_MS
-            fwd = _forward(spot, t)
-            tab = self._tables[key] = price_expiry(e.strikes, fwd, t, self.path.atm_vol(now_ms, t), self.path.skew,
-                                                   self.path.curvature)
-        return tab
+        """An expiry's options priced at `now_ms`: the whole chain is priced at once and cached
+        for this instant and market version."""
+        key = (now_ms, self.version * 1_000_003 + self.path.version)
+        if self._tables is None or self._tables[0] != key:
+            live = []
+            for exp_ms in sorted(self.expiries):
+                t = (exp_ms - now_ms) / YEAR_MS
+                if t > 0:
+                    live.append((exp_ms, self.expiries[exp_ms].strikes, _forward(spot, t), t, self.path.atm_vol(now_ms, t)))
+            self._tables = (key, price_chain(live, self.path.skew, self.path.curvature))
+        return self._tables[1][e.expiry_ms]
 
     def greeks(self, spec: OptionSpec, q: Quote) -> dict[str, float]:
         """Black-76 greeks as Deribit shows them: delta N(d1) (minus 1 for puts), vega and theta in USD."""
@@ -466,28 +466,18 @@ class Market:
             tab = self._table(e, now_ms, spot)
             fwd = tab.forward
             u_index = underlying_index(cur, e)
+            index = tab.index
             for spec in self.by_expiry[exp_ms]:
-                i = tab.index[spec.strike]
+                i = index[spec.strike]
                 if spec.option_type == "call":
-                    mark, bid, ask = tab.call_mark[i], tab.call_bid[i], tab.call_ask[i]
+                    mark, bid, ask, mid = tab.call_mark[i], tab.call_bid[i], tab.call_ask[i], tab.call_mid[i]
                 else:
-                    mark, bid, ask = tab.put_mark[i], tab.put_bid[i], tab.put_ask[i]
-                iv_pct = tab.iv_pct[i]
+                    mark, bid, ask, mid = tab.put_mark[i], tab.put_bid[i], tab.put_ask[i], tab.put_mid[i]
                 out.append({
-                    "instrument_name": spec.name,
-                    "base_currency": cur,
-                    "quote_currency": cur,
-                    "bid_price": bid,
-                    "ask_price": ask,
-                    "mid_price": None if bid is None else round((bid + ask) / 2, 8),
-                    "mark_price": mark,
-                    "mark_iv": iv_pct,
-                    "underlying_price": fwd,
-                    "underlying_index": u_index,
-                    "estimated_delivery_price": index_price,
-                    "interest_rate": 0.0,
-                    "open_interest": spec.open_interest,
-                    "volume": spec.volume,
+                    "instrument_name": spec.name, "base_currency": cur, "quote_currency": cur,
+                    "bid_price": bid, "ask_price": ask, "mid_price": mid, "mark_price": mark, "mark_iv": tab.iv_pct[i],
+                    "underlying_price": fwd, "underlying_index": u_index, "estimated_delivery_price": index_price,
+                    "interest_rate": 0.0, "open_interest": spec.open_interest, "volume": spec.volume,
                     "creation_timestamp": now_ms,
                 })
         self._summary_cache = (key, out)
