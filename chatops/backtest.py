@@ -85,9 +85,9 @@ def backtest_settings(settings: Settings, db_path: Path) -> Settings:
 class Progress:
     """A progress bar on a terminal (stderr); silent otherwise."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.on = stream.isatty()
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.on = self.stream.isatty()
         self.t0 = time.perf_counter()
         self._last = 0.0
 

@@ -284,7 +284,8 @@ class PaperExchange(AccountMixin, OrdersMixin):
         if now < self._last_ms:
             return  # a clock behind the stored state (e.g. a restarted SimClock): wait for it
         if now == self._last_ms:
-            self._match_resting(now)  # a shock at this very instant may have reached an order
+            self._extend_strikes(now)  # a shock at this very instant may have moved the forward ...
+            self._match_resting(now)  # ... and reached an order
             return
         b = next_boundary(self._last_ms)
         while b <= now:
@@ -297,11 +298,14 @@ class PaperExchange(AccountMixin, OrdersMixin):
                 if market.list_due(b):
                     self._dirty = True
             b = next_boundary(b)
+        self._extend_strikes(now)
+        self._match_resting(now)
+        self._last_ms = now
+
+    def _extend_strikes(self, now: int) -> None:
         for market in self.markets.values():
             if market.extend_strikes(now):  # the spot moved away: Deribit lists more strikes
                 self._dirty = True
-        self._match_resting(now)
-        self._last_ms = now
 
     def _match_resting(self, t: int) -> None:
         """Fill resting orders the market has reached: at their own price, as maker."""

@@ -277,6 +277,7 @@ class Market:
     version: int = 0
     _summary_cache: tuple[tuple[int, int], list[dict[str, Any]]] | None = field(default=None, repr=False)
     _tables: tuple[tuple[int, int], dict[int, ExpiryTable]] | None = field(default=None, repr=False)
+    _extended_at: tuple[int, int] | None = field(default=None, repr=False)
 
     MAX_SETTLED = 60
 
@@ -322,6 +323,9 @@ class Market:
     def extend_strikes(self, now_ms: int) -> list[int]:
         """List new strikes where the forward has moved towards the edge of an expiry's grid, as
         Deribit does intraday; returns the expiries that grew."""
+        key = (now_ms, self.version * 1_000_003 + self.path.version)
+        if key == self._extended_at:
+            return []
         spot = self.spot(now_ms)
         grown = []
         for exp_ms, e in self.expiries.items():
@@ -338,6 +342,7 @@ class Market:
                 grown.append(exp_ms)
         if grown:
             self._reindex()
+        self._extended_at = (now_ms, self.version * 1_000_003 + self.path.version)
         return grown
 
     def pop_expired(self, upto_ms: int) -> list[Expiry]:

@@ -99,17 +99,31 @@ class HistoryFetcher:
                                   f"under {self.cache_dir}: run again to resume") from None
 
     async def _candles_window(self, instrument: str, start_ms: int, end_ms: int) -> list[list[float]]:
-        res = await self._call("public/get_tradingview_chart_data",
-                               {"instrument_name": instrument, "start_timestamp": start_ms, "end_timestamp": end_ms,
-                                "resolution": str(RESOLUTION_MIN)})
-        if not isinstance(res, dict):
-            raise MarketDataError(f"deribit market: unexpected chart data for {instrument}: {type(res).__name__}")
-        if res.get("status") == "no_data":
-            return []
-        ticks, close = res.get("ticks") or [], res.get("close") or []
-        if len(ticks) != len(close):
-            raise MarketDataError(f"deribit market: chart data for {instrument} has {len(ticks)} ticks but {len(close)} closes")
-        return [[float(int(_num(t))), _num(c)] for t, c in zip(ticks, close)]
+        """One window of hourly candles; a server that answers fewer bars than asked is asked again
+        from the bar after its last one."""
+        out: dict[int, list[float]] = {}
+        start = start_ms
+        while start <= end_ms:
+            res = await self._call("public/get_tradingview_chart_data",
+                                   {"instrument_name": instrument, "start_timestamp": start, "end_timestamp": end_ms,
+                                    "resolution": str(RESOLUTION_MIN)})
+            if not isinstance(res, dict):
+                raise MarketDataError(f"deribit market: unexpected chart data for {instrument}: {type(res).__name__}")
+            ticks, close = res.get("ticks") or [], res.get("close") or []
+            if res.get("status") == "no_data" or not ticks:
+                break
+            if len(ticks) != len(close):
+                raise MarketDataError(f"deribit market: chart data for {instrument} has {len(ticks)} ticks but "
+                                      f"{len(close)} closes")
+            for t, c in zip(ticks, close):
+                ts = int(_num(t))
+                if start_ms <= ts <= end_ms:
+                    out.setdefault(ts, [float(ts), _num(c)])
+            last = max(int(_num(t)) for t in ticks)
+            if last + HOUR_MS <= start or last + HOUR_MS > end_ms:  # done, or no progress: stop rather than loop
+                break
+            start = last + HOUR_MS
+        return [out[k] for k in sorted(out)]
 
     async def _dvol_window(self, currency: str, start_ms: int, end_ms: int) -> list[list[float]]:
         out: dict[int, list[float]] = {}

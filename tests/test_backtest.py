@@ -1,0 +1,138 @@
+"""A short synthetic backtest end to end, through `chatops backtest`: the report's figures come
+from the exchange's records and add up, the run's database opens in `chatops audit`, the same
+seed gives the same report byte for byte."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from agent.backtest import BacktestError, make_spec, parse_interval
+from agent.backtest_report import ledger_figures, max_drawdown
+from chatops.cli import main
+
+# No closes and no rolls: every call is held to expiry, so settlements (in and out of the money) happen.
+HOLD_TO_EXPIRY = {"CLOSE_CAPTURE_PCT": "100", "ROLL_TRIGGER_DELTA": "0.99", "ROLL_TRIGGER_SPOT_PCT": "1000",
+                  "EXPIRE_MAX_DELTA": "0.99"}
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["backtest", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def hold(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for k, v in HOLD_TO_EXPIRY.items():
+        monkeypatch.setenv(k, v)
+    return tmp_path
+
+
+def test_end_to_end_figures_add_up_and_come_from_the_exchange(hold, capsys):
+    out_dir = hold / "run"
+    code, out, err = _run(capsys, "--days", "24", "--seed", "4", "--json", "--out", str(out_dir), "--png",
+                          str(hold / "chart.png"))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report == json.loads((out_dir / "report.json").read_text())
+    book = report["books"][0]
+    c, n = book["coin"], book["counts"]
+    assert report["run"]["ticks"] == 24 * 24 + 1 and book["ticks"] == 24 * 24 + 1 and book["failed_ticks"] == 0
+    # Coin P&L is the account's equity change ...
+    assert c["pnl"] == pytest.approx(c["end_equity"] - c["start_equity"], abs=1e-9)
+    # ... and premium - buy-backs - fees + settlement cash + what is still open explains all of it.
+    assert c["premium_collected"] > 0 and c["fees"] > 0
+    assert c["settlement_cash"] < 0  # expiries in the money paid out
+    assert c["premium_collected"] - c["bought_back"] - c["fees"] + c["settlement_cash"] + c["open_options_value"] \
+        == pytest.approx(c["pnl"], abs=1e-6)
+    assert c["unexplained"] == pytest.approx(0.0, abs=1e-9)
+    assert n["expired_itm"] >= 1 and n["expired_otm"] >= 1 and n["opens"] >= 3
+    assert n["expired_itm"] + n["expired_otm"] == n["settlements"]
+    # The per-cycle table: one row per open, and its P&L sums to the closed part of the book.
+    cycles = book["cycles"]
+    assert len(cycles) == n["opens"]
+    assert sum(cy["premium"] for cy in cycles) == pytest.approx(c["premium_collected"], abs=1e-9)
+    assert sum(cy["settlement"] for cy in cycles) == pytest.approx(c["settlement_cash"], abs=1e-9)
+    assert {cy["outcome"] for cy in cycles} <= {"expired ITM", "expired OTM", "closed", "open at the end"}
+    # USD against HODL: the strategy beat holding by exactly its coin P&L valued at the end.
+    u = book["usd"]
+    assert u["vs_hodl"] == pytest.approx(c["pnl"] * report["run"]["spot_end"], abs=0.05)
+    assert u["hodl_pnl"] == pytest.approx(report["run"]["spot_end"] - report["run"]["spot_start"], abs=0.05)
+    # The chart was drawn.
+    assert (hold / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The run's database: every tick a decision, every trade an executed proposal; audit opens it.
+    db = sqlite3.connect(out_dir / "backtest.db")
+    try:
+        assert db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == book["ticks"]
+        executed = db.execute("SELECT COUNT(*) FROM proposals WHERE status='executed'").fetchone()[0]
+    finally:
+        db.close()
+    assert executed == n["opens"] + n["rolls"] + n["closes"]
+    import os
+
+    os.environ["DATABASE_PATH"] = str(out_dir / "backtest.db")
+    try:
+        assert main(["audit", "proposals", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert len(rows) == executed and all(r["status"] == "executed" for r in rows)
+        assert main(["audit", "verify"]) == 0
+        assert "audit chain OK" in capsys.readouterr().out
+    finally:
+        del os.environ["DATABASE_PATH"]
+
+
+def test_same_seed_same_report_byte_for_byte(hold, capsys):
+    runs = []
+    for out in ("a", "b"):
+        code, text, err = _run(capsys, "--days", "6", "--seed", "2", "--out", str(hold / out))
+        assert code == 0, err
+        runs.append(((hold / out / "report.txt").read_bytes(), (hold / out / "report.json").read_bytes(), text))
+    assert runs[0] == runs[1]
+    assert runs[0][2].startswith("Backtest 2025-01-01 00:00 UTC to 2025-01-07 00:00 UTC")
+    code, text, _ = _run(capsys, "--days", "6", "--seed", "3")
+    assert code == 0 and text != runs[0][2]  # another seed, another market
+
+
+def test_bad_arguments_are_one_line(hold, capsys):
+    for args, needle in ((["--interval", "5s"], "bad --interval"), (["--market", "nyse"], "unknown market"),
+                         (["--start", "2025-13-01"], "bad date"), (["--days", "-3"], "--days must be positive"),
+                         (["--start", "2025-01-01", "--end", "2025-02-01", "--days", "3"], "at most two")):
+        code, out, err = _run(capsys, *args)
+        assert code == 2 and needle in err and "Traceback" not in err, (args, err)
+
+
+def test_window_from_start_end_days():
+    day = 86_400_000
+    s = make_spec(start="2025-03-01", days=10)
+    assert (s.end_ms - s.start_ms) == 10 * day and s.ticks == 241
+    s = make_spec(start="2025-03-01", end="2025-03-02", interval="4h")
+    assert s.ticks == 7
+    s = make_spec(days=30, market="deribit", now_ms=1_750_000_000_000)
+    assert s.end_ms % day == 0 and s.end_ms - s.start_ms == 30 * day
+    assert parse_interval("15m") == 900_000
+    with pytest.raises(BacktestError):
+        parse_interval("1w")
+
+
+def test_ledger_cycles_from_trades_and_settlements():
+    def trade(ts, direction, name, price, label, amount=0.1):
+        return {"timestamp": ts, "direction": direction, "instrument_name": name, "price": price, "amount": amount,
+                "fee": 0.00003, "label": label}
+
+    trades = [trade(1, "sell", "A", 0.02, "cc-x-1"), trade(2, "buy", "A", 0.03, "cc-x-2-close"),
+              trade(2, "sell", "B", 0.035, "cc-x-2-open"), trade(5, "sell", "C", 0.01, "cc-x-3")]
+    settlements = [{"timestamp": 4, "instrument_name": "B", "position": -0.1, "cash_flow": -0.004},
+                   {"timestamp": 6, "instrument_name": "C", "position": -0.1, "cash_flow": 0.0}]
+    led = ledger_figures(trades, settlements, open_value=0.0)
+    assert (led.opens, led.rolls, led.closes, led.expired_itm, led.expired_otm) == (2, 1, 0, 1, 1)
+    first, second = led.cycles
+    assert first["legs"] == ["A", "B"] and first["outcome"] == "expired ITM"
+    assert first["pnl"] == pytest.approx(0.1 * 0.02 - 0.1 * 0.03 + 0.1 * 0.035 - 3 * 0.00003 - 0.004)
+    assert second["outcome"] == "expired OTM"
+    assert led.coin_pnl == pytest.approx(first["pnl"] + second["pnl"])
+    assert max_drawdown([1.0, 1.2, 0.9, 1.3, 1.1]) == pytest.approx(0.25)
