@@ -329,7 +329,9 @@ def _cycle(leg: _Open, closed: int | None, end: str, value: float, value_usd: fl
 
 
 def pnl(fills: Sequence[Fill], settlements: Sequence[Settlement], start: Snapshot, end: Snapshot) -> Pnl:
-    """P&L of the records strictly after `start` and up to `end`, checked against the equity change."""
+    """P&L of the records strictly after `start` and up to `end`, checked against the equity change.
+
+    A record stamped at a snapshot's own millisecond counts as already in that snapshot."""
     fs = [f for f in fills if start.timestamp < f.timestamp <= end.timestamp]
     ss = [s for s in settlements if start.timestamp < s.timestamp <= end.timestamp]
     legs = cycles(fs, ss, at=end, start=start)
