@@ -20,6 +20,7 @@ from agent.models import (Action, ActionType, Decision, ExecutionResult, Executi
                           RiskResult)
 from agent.tick import compress_state, config_snapshot
 from chatops import store as store_mod
+from chatops.store import common as store_common
 from chatops.store import (APPEND_ONLY_TABLES, MIGRATIONS, SCHEMA_VERSION, Store, StoreBusyError, connect, label_for,
                            migrate, schema_version, serialize_decision)
 from tests.builders import NOW, candidate, settings, short_call, state
@@ -461,7 +462,7 @@ def test_verify_chain_names_a_rehashed_row_by_its_successor(store, db_path):
     _events(store, 6)
     ev = store.list_events()[2]  # id 3
     forged = dict(ev, reason="forged", data_json=json.dumps(ev["data"], separators=(",", ":")))
-    forged_hash = store_mod._hash_event(ev["prev_hash"], forged)
+    forged_hash = store_common._hash_event(ev["prev_hash"], forged)
     c = raw(db_path)
     c.execute("DROP TRIGGER events_no_update")
     c.execute("UPDATE events SET reason = 'forged', hash = ? WHERE id = 3", [forged_hash])
