@@ -31,7 +31,18 @@ def prompt_candidates(candidates: Sequence[Candidate], state: AgentState | None 
     if shorts:
         pool = [(i, c) for i, c in pool if any(rolls_into(c, p) for p in shorts)]
     ranked = sorted(pool, key=lambda ic: (-ic[1].score, ic[0]))
-    return [c for _, c in ranked[:MAX_PROMPT_CANDIDATES]]
+    if len(shorts) < 2:
+        return [c for _, c in ranked[:MAX_PROMPT_CANDIDATES]]
+    # Several shorts: each gets its best roll targets in first, then the rest by score.
+    share = max(1, MAX_PROMPT_CANDIDATES // len(shorts))
+    chosen: set[int] = set()
+    for p in shorts:
+        chosen.update([i for i, c in ranked if rolls_into(c, p) and i not in chosen][:share])
+    for i, _ in ranked:
+        if len(chosen) >= MAX_PROMPT_CANDIDATES:
+            break
+        chosen.add(i)
+    return [c for i, c in ranked if i in chosen][:MAX_PROMPT_CANDIDATES]
 
 
 def rolls_into(c: Candidate, p: OptionPosition) -> bool:
