@@ -250,10 +250,17 @@ def _m002_review_indexes(db: Database) -> None:
         db.execute(stmt)
 
 
+def _m003_llm_token_details(db: Database) -> None:
+    """Reasoning tokens (part of tokens_out) and prompt-cache hits (part of tokens_in) per LLM call."""
+    db.execute("ALTER TABLE llm_calls ADD COLUMN reasoning_tokens INTEGER")
+    db.execute("ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER")
+
+
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
+    ("llm_token_details", _m003_llm_token_details),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
