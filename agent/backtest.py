@@ -212,6 +212,7 @@ class Book:
     failed_ticks: int = 0
     start_equity: float = 0.0
     final_account: dict[str, Any] = field(default_factory=dict)
+    final_positions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -263,7 +264,8 @@ async def run_backtest(spec: BacktestSpec, settings: Settings, model: PricePath,
             if progress is not None:
                 progress(n + 1, total)
         for b in books:
-            b.final_account = (await b.client.call("private/get_account_summary", {"currency": spec.currency}))
+            b.final_account = await b.client.call("private/get_account_summary", {"currency": spec.currency})
+            b.final_positions = await b.client.call("private/get_positions", {"currency": spec.currency, "kind": "option"})
     finally:
         for b in books:
             await b.driver.stop()

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from agent.backtest import BacktestError, make_spec, parse_interval
-from agent.backtest_report import ledger_figures, max_drawdown
+from agent.backtest_report import max_drawdown
 from chatops.cli import main
 
 # No closes and no rolls: every call is held to expiry, so settlements (in and out of the money) happen.
@@ -52,12 +52,15 @@ def test_end_to_end_figures_add_up_and_come_from_the_exchange(hold, capsys):
     assert c["unexplained"] == pytest.approx(0.0, abs=1e-9)
     assert n["expired_itm"] >= 1 and n["expired_otm"] >= 1 and n["opens"] >= 3
     assert n["expired_itm"] + n["expired_otm"] == n["settlements"]
-    # The per-cycle table: one row per open, and its P&L sums to the closed part of the book.
+    assert c["ledger_check_ok"] is True
+    # The per-cycle table (the ledger's legs): one row per open or roll; the legs sum to the book.
     cycles = book["cycles"]
-    assert len(cycles) == n["opens"]
+    assert len(cycles) == n["opens"] + n["rolls"]
     assert sum(cy["premium"] for cy in cycles) == pytest.approx(c["premium_collected"], abs=1e-9)
     assert sum(cy["settlement"] for cy in cycles) == pytest.approx(c["settlement_cash"], abs=1e-9)
-    assert {cy["outcome"] for cy in cycles} <= {"expired ITM", "expired OTM", "closed", "open at the end"}
+    assert sum(cy["pnl"] for cy in cycles) == pytest.approx(c["pnl"], abs=1e-6)
+    assert {cy["outcome"] for cy in cycles} <= {"expired ITM", "expired OTM", "closed", "rolled", "open at the end"}
+    assert sum(cy["outcome"] == "expired ITM" for cy in cycles) == n["expired_itm"]
     # USD against HODL: the strategy beat holding by exactly its coin P&L valued at the end.
     u = book["usd"]
     assert u["vs_hodl"] == pytest.approx(c["pnl"] * report["run"]["spot_end"], abs=0.05)
@@ -119,20 +122,6 @@ def test_window_from_start_end_days():
         parse_interval("1w")
 
 
-def test_ledger_cycles_from_trades_and_settlements():
-    def trade(ts, direction, name, price, label, amount=0.1):
-        return {"timestamp": ts, "direction": direction, "instrument_name": name, "price": price, "amount": amount,
-                "fee": 0.00003, "label": label}
-
-    trades = [trade(1, "sell", "A", 0.02, "cc-x-1"), trade(2, "buy", "A", 0.03, "cc-x-2-close"),
-              trade(2, "sell", "B", 0.035, "cc-x-2-open"), trade(5, "sell", "C", 0.01, "cc-x-3")]
-    settlements = [{"timestamp": 4, "instrument_name": "B", "position": -0.1, "cash_flow": -0.004},
-                   {"timestamp": 6, "instrument_name": "C", "position": -0.1, "cash_flow": 0.0}]
-    led = ledger_figures(trades, settlements, open_value=0.0)
-    assert (led.opens, led.rolls, led.closes, led.expired_itm, led.expired_otm) == (2, 1, 0, 1, 1)
-    first, second = led.cycles
-    assert first["legs"] == ["A", "B"] and first["outcome"] == "expired ITM"
-    assert first["pnl"] == pytest.approx(0.1 * 0.02 - 0.1 * 0.03 + 0.1 * 0.035 - 3 * 0.00003 - 0.004)
-    assert second["outcome"] == "expired OTM"
-    assert led.coin_pnl == pytest.approx(first["pnl"] + second["pnl"])
+def test_max_drawdown():
     assert max_drawdown([1.0, 1.2, 0.9, 1.3, 1.1]) == pytest.approx(0.25)
+    assert max_drawdown([1.0, 1.1, 1.2]) == 0.0
