@@ -125,3 +125,37 @@ def test_window_from_start_end_days():
 def test_max_drawdown():
     assert max_drawdown([1.0, 1.2, 0.9, 1.3, 1.1]) == pytest.approx(0.25)
     assert max_drawdown([1.0, 1.1, 1.2]) == 0.0
+
+
+async def test_shadow_rules_against_the_llm_on_the_same_ticks(tmp_path):
+    """--brain shadow: the rules drive one book with the LLM deciding beside them (agreement), the
+    LLM drives another on the same market and ticks (its own P&L); both from the fake OpenAI server."""
+    from agent.backtest_report import report_text
+    from agent.config import load_settings
+    from chatops.backtest import run
+    from tests.fakes.openai_server import fake_openai_server, json_reply
+    from tests.llm_helpers import answer
+
+    def responder(body):
+        prompt = body["messages"][-1]["content"]
+        if "Open positions" in prompt:  # it holds a call: keep it
+            return json_reply(answer("DO_NOTHING", reasoning="holding the call"))
+        return json_reply(answer("OPEN_COVERED_CALL", "c1", reasoning="best candidate"))
+
+    async with fake_openai_server() as srv:
+        srv.responder = responder
+        settings = load_settings(env_file=None, openai_base_url=srv.base_url, openai_api_key="k", llm_timeout_sec=5)
+        spec = make_spec(days=3, seed=5, brain="shadow")
+        result, report = await run(settings, spec, tmp_path / "out")
+    assert [b["book"] for b in report["books"]] == ["rules", "llm"]
+    assert (tmp_path / "out" / "backtest.db").exists() and (tmp_path / "out" / "backtest-llm.db").exists()
+    s = report["shadow"]
+    assert s["ticks"] == spec.ticks  # the LLM decided beside the rules on every tick
+    assert 0 <= s["same_action_pct"] <= 100
+    rules, llm = report["books"]
+    assert rules["decision_mode"] == "shadow" and llm["decision_mode"] == "llm"
+    assert llm["counts"]["opens"] >= 1  # the LLM's own book traded on its choices
+    for b in (rules, llm):
+        assert b["coin"]["unexplained"] == pytest.approx(0.0, abs=1e-9)
+    text = report_text(report)
+    assert "Rules vs LLM on the same" in text and "P&L of each" in text
