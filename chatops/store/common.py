@@ -336,7 +336,8 @@ def _status_tuple(status: str | Sequence[str]) -> tuple[str, ...]:
 
 
 _LLM_KEYS = {"model", "mode", "prompt", "raw_response", "parsed", "parsed_json", "valid", "error", "tokens_in",
-             "tokens_out", "latency_ms", "cost_usd", "ts", "decision_id", "prompt_tokens", "completion_tokens"}
+             "tokens_out", "latency_ms", "cost_usd", "ts", "decision_id", "prompt_tokens", "completion_tokens",
+             "reasoning_tokens", "cached_tokens"}
 LLM_MODES = ("drive", "shadow", "ask")
 
 _TS_COLUMN = {"decisions": "ts", "proposals": "created_at", "votes": "ts", "events": "ts", "executions": "ts",

@@ -251,6 +251,12 @@ def _m002_review_indexes(db: Database) -> None:
         db.execute(stmt)
 
 
+def _m003_llm_token_details(db: Database) -> None:
+    """Reasoning tokens (part of tokens_out) and prompt-cache hits (part of tokens_in) per LLM call."""
+    db.execute("ALTER TABLE llm_calls ADD COLUMN reasoning_tokens INTEGER")
+    db.execute("ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER")
+
+
 def state_machine_trigger() -> str:
     """The trigger that refuses a status change that is not an edge of TRANSITIONS. A migration
     that adds an edge drops `proposals_state_machine` and re-creates it with this."""
@@ -268,7 +274,7 @@ QUORUM_SQL = (
     "AND person <> 'auto') >= {p}.approvals_required OR ({p}.approval_mode = 'auto' AND EXISTS (SELECT 1 FROM votes "
     "WHERE proposal_id = {p}.id AND vote = 'approve' AND person = 'auto')))")
 
-_V3_AUTHORITY = [
+_V4_AUTHORITY = [
     """CREATE TABLE audit_chain (
         seq INTEGER PRIMARY KEY,
         tbl TEXT NOT NULL,
@@ -282,7 +288,7 @@ _V3_AUTHORITY = [
     # because the old UNIQUE (proposal_id, user) made console 42 collide with telegram 42.
     "DROP TRIGGER votes_no_update",
     "DROP TRIGGER votes_no_delete",
-    """CREATE TABLE votes_v3 (
+    """CREATE TABLE votes_v4 (
         id INTEGER PRIMARY KEY,
         proposal_id INTEGER NOT NULL REFERENCES proposals(id),
         user TEXT NOT NULL,
@@ -292,11 +298,11 @@ _V3_AUTHORITY = [
         ts TEXT NOT NULL,
         person TEXT NOT NULL,
         UNIQUE (proposal_id, person))""",
-    "INSERT INTO votes_v3 (id, proposal_id, user, channel, vote, reason, ts, person) "
+    "INSERT INTO votes_v4 (id, proposal_id, user, channel, vote, reason, ts, person) "
     "SELECT id, proposal_id, user, channel, vote, reason, ts, CASE WHEN user = 'auto' THEN 'auto' "
     "WHEN channel IN ('cli', 'terminal') THEN 'console:' || user ELSE channel || ':' || user END FROM votes",
     "DROP TABLE votes",
-    "ALTER TABLE votes_v3 RENAME TO votes",
+    "ALTER TABLE votes_v4 RENAME TO votes",
     *_append_only_triggers("votes"),
     "CREATE TRIGGER votes_only_pending BEFORE INSERT ON votes "
     "WHEN (SELECT status FROM proposals WHERE id = NEW.proposal_id) IS NOT 'pending' "
@@ -318,12 +324,12 @@ _V3_AUTHORITY = [
 ]
 
 
-def _m003_authority(db: Database) -> None:
+def _m004_authority(db: Database) -> None:
     """Votes per person, the proposal's own approval mode, state-machine and quorum triggers, and
     the audit chain over every audit table (existing rows chained, events first)."""
     from .chain import CHAINED_TABLES, chain_backfill
 
-    for stmt in _V3_AUTHORITY:
+    for stmt in _V4_AUTHORITY:
         db.execute(stmt)
     for table in CHAINED_TABLES:
         if db[table].exists():
@@ -334,7 +340,8 @@ Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
-    ("authority", _m003_authority),
+    ("llm_token_details", _m003_llm_token_details),
+    ("authority", _m004_authority),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
