@@ -22,6 +22,33 @@ class Exchange:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        save = getattr(self.paper, "save", None)
+        if save is not None:
+            save()  # the paper clock resumes where it stopped
+
+
+def paper_clock(settings: Settings, *, reset: bool = False) -> Clock:
+    """The in-process paper exchange's clock. Under PAPER_SPEED it resumes from the market time the
+    saved paper state reached (run, tick, status and audit all see that one simulated world); a
+    fresh state starts at wall time."""
+    if not settings.paper_speed:
+        return WallClock()
+    from .deribit.paper import PaperExchange
+
+    resumed = None if reset else PaperExchange.stored_clock_ms(settings.effective_paper_state_path)
+    return SimClock(start_ms=resumed, speed=settings.paper_speed)
+
+
+def market_now_ms(settings: Settings) -> int:
+    """Market time for commands that open no exchange (status, audit, votes): the saved paper clock
+    under PAPER_SPEED with the in-process paper exchange, else wall time."""
+    if settings.exchange == "paper" and not settings.paper_exchange_url and settings.paper_speed:
+        from .deribit.paper import PaperExchange
+
+        ms = PaperExchange.stored_clock_ms(settings.effective_paper_state_path)
+        if ms is not None:
+            return ms
+    return WallClock().now_ms()
 
 
 def open_exchange(settings: Settings, *, clock: Clock | None = None, reset_paper: bool = False) -> Exchange:
@@ -38,7 +65,7 @@ def open_exchange(settings: Settings, *, clock: Clock | None = None, reset_paper
     from .deribit.paper_server import transport as paper_transport
 
     if clock is None:
-        clock = SimClock(speed=settings.paper_speed) if settings.paper_speed else WallClock()
+        clock = paper_clock(settings, reset=reset_paper)
     paper = PaperExchange(
         currency=settings.underlying, seed=settings.paper_seed, initial_equity=settings.paper_equity,
         state_path=settings.effective_paper_state_path, reset=reset_paper, clock=clock,

@@ -8,7 +8,7 @@ from collections import Counter, deque
 from datetime import timedelta
 from typing import Any
 
-from agent.clock import to_datetime
+from agent.clock import market_seconds, to_datetime
 from agent.config import Settings
 from agent.deribit.errors import DeribitError
 from agent.exchange import Exchange, open_exchange
@@ -49,7 +49,7 @@ class Bot:
         # Every LLM call (ticks, shadow, questions) goes through this one wiring: one client, one budget.
         self.llm = LLMWiring(settings, self.store, client=llm_client, now=self.now)
         names = tuple(ch.name for ch in channels) if channels is not None else enabled_channel_names(settings)
-        self.approvals = ApprovalService(self.store, settings, now=self.now, enabled_channels=names)
+        self.approvals = ApprovalService(self.store, settings, now=self.now, enabled_channels=names, clock=self.exchange.clock)
         self.asker = Asker(self)
         self.core = Core(self.store, self.approvals, settings, clock=self.exchange.clock, asker=self.asker,
                          status_provider=self.live_status)
@@ -218,9 +218,11 @@ class Bot:
 
     def watchdog_problem(self) -> str | None:
         last = self.store.last_tick_at()
+        # The loop runs on wall time; under PAPER_SPEED a wall second is `speed` market seconds.
+        per_wall_s = market_seconds(self.exchange.clock, 1.0)
         limit = 3 * self.settings.loop_interval_sec
         if last is not None:
-            age = (self.now() - last).total_seconds()
+            age = (self.now() - last).total_seconds() / per_wall_s
             if age > limit:
                 return f"Watchdog: no tick for {age:.0f}s (expected every {self.settings.loop_interval_sec:g}s)"
         if self.exchange_failures >= 3:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
+from agent.clock import market_seconds
 from agent.config import ConfigError, Settings
 from agent.models import Action, ActionType, Decision
 
@@ -60,12 +61,16 @@ class SwitchResult:
 
 class ApprovalService:
     def __init__(self, store: Store, settings: Settings, *, now: Callable[[], datetime] = utc_now,
-                 enabled_channels: tuple[str, ...] = ("console",), directory: Directory | None = None) -> None:
+                 enabled_channels: tuple[str, ...] = ("console",), directory: Directory | None = None,
+                 clock: object = None) -> None:
         self.store = store
         self.settings = settings
         self.now = now
         self.directory = directory if directory is not None else directory_for(settings)
         self.enabled_channels = enabled_channels
+        # APPROVAL_TTL_SEC is wall time (people read the card); under PAPER_SPEED market time runs
+        # faster, so the stored expiry is that many wall seconds ahead in market time.
+        self.ttl_market_s = market_seconds(clock, settings.approval_ttl_sec)
 
     # --- who may decide -------------------------------------------------------------------
 
@@ -121,7 +126,7 @@ class ApprovalService:
                                      reason=f"superseded by a new {action.action.value} on {action.symbol}"):
                 superseded.append(row.id)
         row = self.store.create_proposal(
-            decision_id, action, expires_at=self.now() + timedelta(seconds=self.settings.approval_ttl_sec),
+            decision_id, action, expires_at=self.now() + timedelta(seconds=self.ttl_market_s),
             approvals_required=self.settings.approvals_required, approval_mode=self.settings.approval_mode,
         )
         return ProposeResult("created", row.id, tuple(superseded))

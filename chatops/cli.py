@@ -137,7 +137,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return main_backtest(settings, args)
     from .store import Store
 
-    store = Store(settings.database_path)
+    global _NOW
+    _NOW = _market_now(settings)
+    store = Store(settings.database_path, now=_NOW)
     try:
         if cmd in ("status", "pending"):
             return _status(store, settings, cmd, args.json)
@@ -227,12 +229,29 @@ def format_decision(d, settings: Settings) -> str:
 # --- status and votes -------------------------------------------------------------------------------
 
 
+def _market_now(settings: Settings):
+    """`now` for the commands that open no exchange: under PAPER_SPEED, the simulated world's time
+    (the paper clock saved with the paper state), so ages and windows agree with `run`."""
+    if not settings.paper_speed:
+        return lambda: datetime.now(timezone.utc)
+    from agent.clock import to_datetime
+    from agent.exchange import market_now_ms
+
+    at = to_datetime(market_now_ms(settings))
+    return lambda: at
+
+
+_NOW = lambda: datetime.now(timezone.utc)  # noqa: E731  (set per command by _dispatch)
+
+
 def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
     from .core import status_text
 
-    now = datetime.now(timezone.utc)
+    now = _NOW()
     if cmd == "status":
         last = store.last_decision()
+        if last is not None:  # the paper clock is saved at most once a wall second: never "-5 s ago"
+            now = max(now, datetime.fromisoformat(last["ts"]))
         stats = store.llm_stats(now.replace(microsecond=0) - _duration("24h"))
         if as_json:
             print(json.dumps({"paused": store.get_flag("paused", "0") == "1", "last_decision": last,
@@ -260,7 +279,7 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
 def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> int:
     from .approvals import ApprovalService
 
-    svc = ApprovalService(store, settings)
+    svc = ApprovalService(store, settings, now=_NOW)
     user = os_user()  # the real uid's account: LOGNAME and USER are anyone's to set
     result = svc.vote(pid, user, "cli", "approve" if cmd == "approve" else "reject", reason)
     print(result.message + (" The running bot executes it." if result.kind == "approved" else ""))
@@ -295,7 +314,7 @@ def _when(text: str | None) -> datetime | None:
     if not text:
         return None
     if text[-1] in "mhd" and text[:-1].replace(".", "").isdigit():
-        return datetime.now(timezone.utc) - _duration(text)
+        return _NOW() - _duration(text)
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
@@ -402,10 +421,13 @@ def _paper(settings: Settings, args) -> int:
     from agent.deribit.paper_server import run_server
 
     speed = args.speed or settings.paper_speed
+    state = args.state or settings.effective_paper_state_path
+    # A simulated clock resumes from the market time its saved state reached.
+    resumed = None if args.reset else PaperExchange.stored_clock_ms(state)
     exchange = PaperExchange(
         currency=settings.underlying, seed=settings.paper_seed, initial_equity=settings.paper_equity,
-        state_path=args.state or settings.effective_paper_state_path, reset=args.reset,
-        clock=SimClock(speed=speed) if speed else WallClock(),
+        state_path=state, reset=args.reset,
+        clock=SimClock(start_ms=resumed, speed=speed) if speed else WallClock(),
     )
     run_server(exchange, args.host, args.port)
     return 0

@@ -110,6 +110,8 @@ class PaperExchange(AccountMixin, OrdersMixin):
         self._tokens: dict[str, int] = {}  # access token -> expiry (exchange ms)
         self._refresh: dict[str, int] = {}
         self._dirty = False
+        self._saved_wall = 0.0
+        self._saved_ms = 0
         self._instruments_cache: dict[tuple[str, int], list[dict[str, Any]]] = {}
 
         if reset and self.state_path is not None and self.state_path.exists():
@@ -164,6 +166,8 @@ class PaperExchange(AccountMixin, OrdersMixin):
     def _save(self) -> None:
         """Write the whole state atomically: a crash leaves the old file or the new one, never half."""
         self._dirty = False
+        self._saved_wall = time.monotonic()
+        self._saved_ms = self._last_ms
         if self.state_path is None:
             return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +200,7 @@ class PaperExchange(AccountMixin, OrdersMixin):
             c = data["counters"]
             self._order_seq, self._trade_seq = int(c["order"]), int(c["trade"])
             self._instrument_trade_seq = {k: int(v) for k, v in c["instrument_trade_seq"].items()}
-            self._last_ms = int(data["last_processed_ms"])
+            self._last_ms = self._saved_ms = int(data["last_processed_ms"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"paper exchange state {path} is unreadable ({exc}); delete it or start with reset") from exc
         if self.currency not in self.markets:
@@ -221,7 +225,9 @@ class PaperExchange(AccountMixin, OrdersMixin):
             log.exception("paper exchange failed on %s", method)
             envelope["error"] = {"code": 11094, "message": "internal_server_error", "data": None}
         finally:
-            if self._dirty:
+            # The market clock is part of the state (a restart resumes it): time passing alone is
+            # saved too, at most once a wall second.
+            if self._dirty or (self._last_ms != self._saved_ms and time.monotonic() - self._saved_wall >= 1.0):
                 self._save()
         us_out = us_in + int((time.perf_counter() - t0) * 1e6)
         envelope.update({"usIn": us_in, "usOut": us_out, "usDiff": us_out - us_in, "testnet": True})
@@ -271,6 +277,18 @@ class PaperExchange(AccountMixin, OrdersMixin):
         cur = currency.upper()
         self.set_index(self.markets[cur].path.spot(self.clock.now_ms()) * (1 + pct / 100.0), cur)
         return self.index_price(cur)
+
+    def save(self) -> None:
+        """Write the state now (on a clean stop: the clock resumes exactly where it stopped)."""
+        self._save()
+
+    @staticmethod
+    def stored_clock_ms(path: str | os.PathLike[str]) -> int | None:
+        """The market time a saved state had reached, or None without a readable state."""
+        try:
+            return int(json.loads(Path(path).read_text(encoding="utf-8"))["last_processed_ms"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def revoke_tokens(self) -> None:
         """Forget every token, as a restarted exchange would."""

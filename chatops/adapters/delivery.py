@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
+from agent.clock import market_seconds
+
 from chatops.render import Card
 
 from .base import CoreAPI
@@ -172,6 +174,11 @@ class DeliveryQueue:
 
     # --- the outbox ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _market(core: object, wall_s: float) -> timedelta:
+        """A retry delay (wall time) as the store's market time: PAPER_SPEED must not make it a flood."""
+        return timedelta(seconds=market_seconds(getattr(core, "clock", None), wall_s))
+
     def to_outbox(self, job: QueuedJob, error: str, *, leftover: bool = False) -> None:
         """Record an undelivered message in the store so that a later sweep (or start) sends it.
         A new item is due after `outbox_interval`, a `leftover` of a shutdown at the next sweep
@@ -186,12 +193,12 @@ class DeliveryQueue:
             if job.outbox_id is None:
                 delay = 0.0 if leftover and self.leftovers_due_now else self.outbox_interval
                 job.outbox_id = store.enqueue_outbox(self.channel, job.payload(), error,
-                                                     next_attempt_at=store.now() + timedelta(seconds=delay))
+                                                     next_attempt_at=store.now() + self._market(core, delay))
                 self.stats["outboxed"] += 1
                 self.log.warning("%s: message kept in the outbox (#%d) after: %s", self.channel, job.outbox_id, error)
             else:
                 delay = min(self.outbox_backoff_max, self.outbox_interval * 2 ** max(job.attempts, 0))
-                store.mark_outbox_attempt(job.outbox_id, error, store.now() + timedelta(seconds=delay))
+                store.mark_outbox_attempt(job.outbox_id, error, store.now() + self._market(core, delay))
                 self._outbox_queued.discard(job.outbox_id)
             if self.wall_clock_retries:
                 self._retry_at[job.outbox_id] = time.monotonic() + delay
