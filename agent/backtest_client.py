@@ -26,7 +26,8 @@ class InProcessClient(DeribitClient):
         super().__init__("http://paper.in-process", client_id, client_secret, **kw)
         self.exchange = exchange
 
-    async def _send(self, method: str, params: dict[str, Any], token: str | None, site: str) -> Any:
+    async def _send(self, method: str, params: dict[str, Any], token: str | None, site: str,
+                    envelope_adapter: Any = None) -> Any:
         credits = await self.limiter.acquire(method)
         self._count(site, requests=1, credits=credits)
         envelope = await self.exchange.handle(method, params, token)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import httpx
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from . import errors
 from .errors import DeribitError, InvalidCredentials, TransportError, Unauthorized, error_for
@@ -233,8 +233,11 @@ class DeribitClient:
 
     # --- transport ---------------------------------------------------------------------
 
-    async def _send(self, method: str, params: dict[str, Any], token: str | None, site: str) -> Any:
-        """One HTTP round trip; returns the JSON-RPC result or raises a DeribitError."""
+    async def _send(self, method: str, params: dict[str, Any], token: str | None, site: str,
+                    envelope_adapter: TypeAdapter | None = None) -> Any:
+        """One HTTP round trip; returns the JSON-RPC result or raises a DeribitError. With an
+        `envelope_adapter`, a successful answer is parsed and validated from the bytes in one call
+        (the typed result is returned); anything else takes the ordinary path."""
         credits = await self.limiter.acquire(method)
         self._count(site, requests=1, credits=credits)
         self._next_id += 1
@@ -253,6 +256,13 @@ class DeribitClient:
             # Nothing was sent if the connection never opened: safe to retry even for orders.
             err.sent = not isinstance(exc, httpx.ConnectError)  # type: ignore[attr-defined]
             raise err from exc
+        if envelope_adapter is not None and resp.status_code == 200:
+            try:
+                typed = envelope_adapter.validate_json(resp.content)
+            except ValidationError:
+                typed = None  # an error answer, or an entry of another kind: parsed the tolerant way
+            if typed is not None and typed.error is None and typed.result is not None:
+                return typed.result
         try:
             envelope = resp.json()
         except ValueError:
@@ -266,7 +276,8 @@ class DeribitClient:
             raise TransportError(None, f"HTTP {resp.status_code}", None, method)
         raise DeribitError(None, f"unexpected HTTP {resp.status_code} without a JSON-RPC result", None, method)
 
-    async def call(self, method: str, params: dict[str, Any] | None = None, *, site: str | None = None) -> Any:
+    async def call(self, method: str, params: dict[str, Any] | None = None, *, site: str | None = None,
+                   envelope_adapter: TypeAdapter | None = None) -> Any:
         """Call `method` (e.g. "public/ticker") with retries, auth and limits; return its result."""
         params = {k: v for k, v in (params or {}).items() if v is not None}
         site = site or method
@@ -277,7 +288,7 @@ class DeribitClient:
         while True:
             token = await self._access_token() if private else None
             try:
-                return await self._send(method, params, token, site)
+                return await self._send(method, params, token, site, envelope_adapter)
             except Unauthorized:
                 self._count(site, errors=1)
                 if not private or reauthed:
@@ -369,7 +380,12 @@ class DeribitClient:
             cached.stale = True
 
     async def get_book_summary_by_currency(self, currency: str, kind: str = "option") -> list[BookSummary]:
-        return _parse_list(BookSummary, await self.call("public/get_book_summary_by_currency", {"currency": currency, "kind": kind}))
+        # The largest answer of a tick (the whole chain): validated straight from the bytes.
+        result = await self.call("public/get_book_summary_by_currency", {"currency": currency, "kind": kind},
+                                 envelope_adapter=_BOOK_ENVELOPE)
+        if isinstance(result, list) and all(isinstance(b, BookSummary) for b in result):
+            return result
+        return _parse_list(BookSummary, result)
 
     async def ticker(self, instrument_name: str) -> Ticker:
         return _parse(Ticker, await self.call("public/ticker", {"instrument_name": instrument_name}))
@@ -470,6 +486,17 @@ def _parse(model: type[M], result: Any) -> M:
 
 
 _LIST_ADAPTERS: dict[type, TypeAdapter] = {}
+
+
+class _BookEnvelope(BaseModel):
+    """A JSON-RPC answer carrying a book summary (other envelope keys ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    result: list[BookSummary] | None = None
+    error: Any = None
+
+
+_BOOK_ENVELOPE = TypeAdapter(_BookEnvelope)
 
 
 def _parse_list(model: type[M], result: Any) -> list[M]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -13,6 +13,13 @@ from agent.models import ActionType, PositionHistory
 
 from .common import TABLES, _TS_COLUMN, iso, parse_ts
 from .base import _order
+
+# How far back the policy's history reads. Every leg the policy manages was sold inside the
+# candidates' DTE window (at most 30 days, the research profile) and a roll goes to a later
+# expiry in it, so a chain of MAX_ROLLS (3) rolls spans at most 4 x 30 = 120 days: a chain older
+# than this has expired, and with it its roll count and hysteresis. Bounding the scan keeps a tick
+# as fast on the millionth proposal as on the first.
+HISTORY_LOOKBACK = timedelta(days=180)
 
 
 
@@ -69,18 +76,20 @@ class ReviewMixin:
             if len(rows) < batch_size:
                 return
 
-    def history_for_policy(self, underlying: str, now: datetime | None = None) -> PositionHistory:
-        """What the policy needs from the past (executed proposals up to `now`): the last action
+    def history_for_policy(self, underlying: str, now: datetime | None = None,
+                           lookback: timedelta = HISTORY_LOOKBACK) -> PositionHistory:
+        """What the policy needs from the past (executed proposals in the `lookback` before `now`): the last action
         time per symbol (its symbol and roll_from), rolls per chain (a roll's new symbol inherits
         roll_from's count + 1; a close ends the chain), the last executions (newest first, one line
         each, with what the exchange reported), and a one-line previous decision."""
-        cutoff = iso(now or self._now())
+        at_now = now or self._now()
+        cutoff = iso(at_now)
         last_at: dict[str, datetime] = {}
         rolls: dict[str, int] = {}
         fills: list[str] = []
         for r in self._rows("SELECT action, symbol, roll_from, size, status_reason, updated_at "
-                            "FROM proposals WHERE underlying = ? AND status = 'executed' AND updated_at <= ? "
-                            "ORDER BY updated_at, id", [underlying, cutoff]):
+                            "FROM proposals WHERE underlying = ? AND status = 'executed' AND updated_at > ? "
+                            "AND updated_at <= ? ORDER BY updated_at, id", [underlying, iso(at_now - lookback), cutoff]):
             at = parse_ts(r["updated_at"])
             for sym in (r["symbol"], r["roll_from"]):
                 if sym:

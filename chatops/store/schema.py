@@ -336,12 +336,19 @@ def _m004_authority(db: Database) -> None:
             chain_backfill(db.conn, table)
 
 
+def _m005_history_index(db: Database) -> None:
+    """The policy's history reads executed proposals of a window, newest last: an index that ends
+    the scan at the window instead of at the first executed proposal ever."""
+    db.execute("CREATE INDEX IF NOT EXISTS idx_proposals_history ON proposals(underlying, status, updated_at)")
+
+
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
     ("llm_token_details", _m003_llm_token_details),
     ("authority", _m004_authority),
+    ("history_index", _m005_history_index),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
