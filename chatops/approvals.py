@@ -43,7 +43,7 @@ class VoteResult:
 
     @property
     def ok(self) -> bool:
-        return self.kind in ("recorded", "approved", "rejected")
+        return self.kind in ("recorded", "approved", "rejected", "cancelled")
 
 
 class ApprovalService:
@@ -57,6 +57,7 @@ class ApprovalService:
             "telegram": frozenset(settings.telegram_allowed_user_ids),
             "slack": frozenset(settings.slack_allowed_user_ids),
             "cli": frozenset(settings.effective_console_users),
+            "web": frozenset(settings.web_allowed_users),
         }
         self.enabled_channels = enabled_channels
 
@@ -141,6 +142,22 @@ class ApprovalService:
             if self.store.transition(row.id, "pending", "cancelled", actor=actor, channel=channel, reason=reason):
                 done.append(row.id)
         return done
+
+    def cancel(self, proposal_id: int, user: str, channel: str, reason: str | None = None) -> VoteResult:
+        """Withdraw one pending proposal (an allowlisted user; recorded like a vote)."""
+        user = str(user)
+        if not self.is_authorized(channel, user):
+            self.store.append_event("unauthorized_vote", proposal_id=proposal_id, actor=user, channel=channel,
+                                    reason=f"cancel refused: not on the {channel} allowlist")
+            return VoteResult("unauthorized", proposal_id, "Not authorized: you are not on this channel's allowlist.")
+        row = self.store.get_proposal(proposal_id)
+        if row is None:
+            return VoteResult("unknown", proposal_id, f"No proposal #{proposal_id}.")
+        if not self.store.transition(proposal_id, "pending", "cancelled", actor=user, channel=channel,
+                                     reason=reason or f"cancelled by {user}"):
+            now = self.store.get_proposal(proposal_id)
+            return VoteResult("not_pending", proposal_id, f"#{proposal_id} was already decided ({now.status if now else '?'}).")
+        return VoteResult("cancelled", proposal_id, f"#{proposal_id} cancelled.", "cancelled")
 
     # --- kill switch ----------------------------------------------------------------------
 

@@ -1,0 +1,238 @@
+"""The dashboard over HTTP: httpx against the real uvicorn server on a free loopback port, served by a
+real bot on the paper exchange. Who gets in, who may act, CSRF, votes from elsewhere, no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import subprocess
+import sys
+
+import httpx
+
+from tests.web_harness import PASSWORDS, csrf_in, login, session_csrf, web_bot
+
+SECRETS = {"telegram_bot_token": "123456:AAFakeTelegramTokenForTests_abcdefghij",
+           "openai_api_key": "sk-test-fake-openai-key-0123456789abcdef",
+           "paper_client_secret": "paper-secret-never-shown-42"}
+
+
+async def test_nobody_gets_in_unauthenticated(tmp_path):
+    async with web_bot(tmp_path) as web:
+        pid = await web.propose()
+        async with web.client() as c:
+            r = await c.get("/")
+            assert r.status_code == 303 and r.headers["location"].startswith("/login")
+            for path in ("/proposals", f"/proposals/{pid}", "/decisions", "/pnl", "/audit", "/chat", "/settings"):
+                r = await c.get(path)
+                assert r.status_code == 303, path
+            for path in ("/api/v1/overview", "/api/v1/pending", f"/api/v1/proposals/{pid}", "/api/v1/openapi.json",
+                         "/api/v1/stream", "/fragments/proposals", "/api/v1/settings"):
+                r = await c.get(path)
+                assert r.status_code == 401, path
+                assert "Executed" not in r.text and "BTC-" not in r.text
+            r = await c.post(f"/api/v1/proposals/{pid}/approve")
+            assert r.status_code == 401
+            r = await c.post(f"/proposals/{pid}/approve", data={"csrf": "x"})
+            assert r.status_code == 303 and r.headers["location"].startswith("/login")
+            r = await c.get("/api/v1/overview", headers={"Authorization": "Bearer cct_not-a-real-token"})
+            assert r.status_code == 401
+            c.cookies.set("chatops_session", "eyJ1IjoiYWxpY2UifQ.forged.signature")
+            assert (await c.get("/api/v1/overview")).status_code == 401
+            docs = await c.get("/docs")
+            assert docs.status_code == 404  # Swagger UI would fetch its scripts from a CDN: not served
+        assert web.store.get_proposal(pid).status == "pending"
+
+
+async def test_wrong_passwords_are_rate_limited(tmp_path):
+    async with web_bot(tmp_path) as web:
+        async with web.client() as c:
+            for _ in range(5):
+                r = await login(c, "alice", "wrong-password")
+                assert r.status_code == 401 and "Wrong user name or password" in r.text
+            r = await login(c, "alice")  # even the right password waits now
+            assert r.status_code == 429 and "Too many failed logins" in r.text
+            assert (await c.get("/api/v1/me")).status_code == 401
+        async with web.client() as c:
+            r = await login(c, "victor")  # another name from the same address is limited too
+            assert r.status_code == 429
+
+
+async def test_login_form_without_its_csrf_token_is_refused(tmp_path):
+    async with web_bot(tmp_path) as web:
+        async with web.client() as c:
+            r = await c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"]})
+            assert r.status_code == 403 and "CSRF" in r.text
+            assert (await c.get("/api/v1/me")).status_code == 401
+
+
+async def test_a_viewer_reads_but_cannot_approve(tmp_path):
+    async with web_bot(tmp_path) as web:
+        pid = await web.propose()
+        async with web.client() as c:
+            assert (await login(c, "victor")).status_code == 303
+            home = await c.get("/")
+            assert home.status_code == 200
+            assert f"#{pid} Open covered call" in home.text and "Waiting for approval" in home.text
+            assert f'id="approve-{pid}"' not in home.text and "WEB_ALLOWED_USERS" in home.text
+            story = await c.get(f"/api/v1/proposals/{pid}")
+            assert story.status_code == 200 and story.json()["proposal"]["status"] == "pending"
+            me = (await c.get("/api/v1/me")).json()
+            assert me["user"] == "victor" and me["can_act"] is False
+            csrf = csrf_in(home.text)
+            r = await c.post(f"/proposals/{pid}/approve", data={"csrf": csrf})
+            assert r.status_code == 403 and "Not authorized" in r.text
+            r = await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": csrf})
+            assert r.status_code == 403 and r.json()["ok"] is False
+            r = await c.post("/pause", data={"csrf": csrf})
+            assert r.status_code == 403
+            r = await c.post("/chat", data={"csrf": csrf, "kind": "why", "text": str(pid)})
+            assert r.status_code == 403
+        await web.bot.core.drain()
+        assert web.store.get_proposal(pid).status == "pending"
+        assert web.store.votes(pid) == []
+        refused = web.store.list_events(kind="unauthorized_vote", proposal_id=pid)
+        assert refused and refused[0]["actor"] == "victor" and refused[0]["channel"] == "web"
+        assert web.store.get_flag("paused", "0") == "0"
+
+
+async def test_an_approver_approves_and_the_proposal_executes_once(tmp_path):
+    async with web_bot(tmp_path) as web:
+        pid = await web.propose()
+        label = web.store.get_proposal(pid).label
+        async with web.client() as c:
+            assert (await login(c, "alice")).status_code == 303
+            home = await c.get("/")
+            assert f'id="approve-{pid}"' in home.text
+            r = await c.post(f"/proposals/{pid}/approve", data={"csrf": csrf_in(home.text), "next": f"/proposals/{pid}"})
+            assert r.status_code == 303 and r.headers["location"] == f"/proposals/{pid}"
+            await web.bot.core.drain()
+            row = web.store.get_proposal(pid)
+            assert row.status == "executed" and row.decided_by == "alice"
+            (vote,) = web.store.votes(pid)
+            assert (vote.user, vote.channel, vote.vote) == ("alice", "web", "approve")
+            page = await c.get(r.headers["location"])
+            assert "approved: executing" in page.text  # the flash, once
+            assert "Executed" in page.text and "filled" in page.text
+            again = await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
+            assert again.status_code == 409 and "already decided" in again.json()["text"]
+        await web.bot.core.drain()
+        orders = await web.bot.exchange.client.get_order_state_by_label(web.bot.settings.underlying, label)
+        assert len(orders) == 1 and orders[0].order_state == "filled"
+
+
+async def test_post_without_csrf_is_refused(tmp_path):
+    async with web_bot(tmp_path) as web:
+        pid = await web.propose()
+        async with web.client() as c:
+            await login(c, "alice")
+            for data in ({}, {"csrf": "not-the-token"}):
+                r = await c.post(f"/proposals/{pid}/approve", data=data)
+                assert r.status_code == 403 and "CSRF" in r.text
+            r = await c.post(f"/api/v1/proposals/{pid}/approve")
+            assert r.status_code == 403 and "CSRF" in r.json()["error"]
+            r = await c.post("/pause", data={"reason": "no token"})
+            assert r.status_code == 403
+            # The same session's token from another session does not do either.
+            async with web.client() as other:
+                await login(other, "alice")
+                stolen = await session_csrf(other)
+            r = await c.post(f"/proposals/{pid}/approve", data={"csrf": stolen})
+            assert r.status_code == 403
+        assert web.store.get_proposal(pid).status == "pending"
+        assert web.store.votes(pid) == [] and web.store.get_flag("paused", "0") == "0"
+
+
+def _os_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+async def _next_change(c: httpx.AsyncClient, since: int, timeout: float = 20.0) -> int:
+    async with c.stream("GET", f"/api/v1/stream?since={since}", timeout=timeout) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                return int(line[6:])
+    raise AssertionError("stream ended without a change")
+
+
+async def test_a_vote_from_the_cli_appears_on_the_page(tmp_path):
+    me = _os_user()
+    async with web_bot(tmp_path, approvals_required=2, console_allowed_users=f"alice,{me}") as web:
+        pid = await web.propose()
+        async with web.client() as c:
+            await login(c, "alice")
+            home = await c.get("/")
+            mark = int(home.text.split('data-mark="', 1)[1].split('"', 1)[0])
+            assert "0/2 approvals" in home.text
+            waiter = asyncio.create_task(_next_change(c, mark))
+            env = {**os.environ, "DATABASE_PATH": web.bot.settings.database_path, "CONSOLE_ALLOWED_USERS": me,
+                   "APPROVALS_REQUIRED": "2", "WEB_PORT": "0"}
+            done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "chatops", "approve", str(pid)],
+                                           env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert "1/2 approvals" in done.stdout
+            changed = await asyncio.wait_for(waiter, 20)
+            assert changed > mark
+            fragment = await c.get("/fragments/proposals")
+            assert "1/2 approvals" in fragment.text
+            story = (await c.get(f"/api/v1/proposals/{pid}")).json()
+            assert [(v["user"], v["channel"]) for v in story["votes"]] == [(me, "cli")]
+            page = await c.get(f"/proposals/{pid}")
+            assert f"<td>{me}</td><td>cli</td><td>approve</td>" in page.text
+            # The second approval, from the web, completes the quorum and it executes.
+            r = await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
+            assert r.status_code == 200 and r.json()["status"] in ("approved", "executing", "executed")
+        await web.bot.core.drain()
+        assert web.store.get_proposal(pid).status == "executed"
+
+
+async def test_no_secret_in_any_page(tmp_path):
+    upper = {k.upper(): v for k, v in SECRETS.items()}
+    async with web_bot(tmp_path, telegram_chat_id="-100", **{k: v for k, v in SECRETS.items()}) as web:
+        pid = await web.propose()
+        token = web.bot.web.auth.users.new_token("alice")
+        async with web.client() as c:
+            await login(c, "alice")
+            await c.post("/chat", data={"csrf": await session_csrf(c), "kind": "why", "text": str(pid)})
+            await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
+            await web.bot.core.drain()
+            pages = ["/", "/proposals", f"/proposals/{pid}", "/decisions", "/decisions/1", "/pnl", "/audit", "/chat",
+                     "/settings", "/fragments/proposals", "/api/v1/overview", "/api/v1/pending", "/api/v1/settings",
+                     f"/api/v1/proposals/{pid}", "/api/v1/decisions", "/api/v1/decisions/1", "/api/v1/pnl",
+                     "/api/v1/audit", "/api/v1/chat", "/api/v1/openapi.json", "/api/v1/proposals"]
+            seen = 0
+            for path in pages:
+                r = await c.get(path)
+                assert r.status_code == 200, (path, r.text[:300])
+                for value in list(SECRETS.values()) + [token, PASSWORDS["alice"], "scrypt$"]:
+                    assert value not in r.text, (path, value)
+                seen += len(r.text)
+            settings = (await c.get("/api/v1/settings")).json()
+            assert settings["telegram_bot_token"] == "***" and settings["openai_api_key"] == "***"
+            assert settings["web_users"] is None and "TELEGRAM_BOT_TOKEN" in (await c.get("/settings")).text
+            assert upper  # the secrets were configured (names shown, values never)
+            assert seen > 10_000
+        assert web.store.get_proposal(pid).status == "executed"
+
+
+async def test_bearer_token_for_scripts_reads_and_acts_without_csrf(tmp_path):
+    async with web_bot(tmp_path) as web:
+        pid = await web.propose()
+        alice = web.bot.web.auth.users.new_token("alice")
+        victor = web.bot.web.auth.users.new_token("victor")
+        async with web.client(headers={"Authorization": f"Bearer {victor}"}) as c:
+            assert (await c.get("/api/v1/pending")).json()[0]["id"] == pid
+            r = await c.post(f"/api/v1/proposals/{pid}/reject", json={"reason": "viewer"})
+            assert r.status_code == 403
+        async with web.client(headers={"Authorization": f"Bearer {alice}"}) as c:
+            spec = (await c.get("/api/v1/openapi.json")).json()
+            assert "/api/v1/proposals/{pid}/approve" in spec["paths"] and "/api/v1/overview" in spec["paths"]
+            r = await c.post(f"/api/v1/proposals/{pid}/reject", json={"reason": "too close to spot"})
+            assert r.status_code == 200 and r.json()["status"] == "rejected"
+            lst = (await c.get("/api/v1/proposals", params={"status": "rejected"})).json()
+            assert [p["id"] for p in lst["items"]] == [pid]
+            bad = await c.get("/api/v1/proposals", params={"status": "nonsense"})
+            assert bad.status_code == 400 and "bad status" in bad.json()["error"]
+        assert web.store.votes(pid)[0].reason == "too close to spot"
