@@ -236,3 +236,71 @@ async def test_bearer_token_for_scripts_reads_and_acts_without_csrf(tmp_path):
             bad = await c.get("/api/v1/proposals", params={"status": "nonsense"})
             assert bad.status_code == 400 and "bad status" in bad.json()["error"]
         assert web.store.votes(pid)[0].reason == "too close to spot"
+
+
+async def test_chat_asks_why_and_whatif_through_the_core_and_records_them(tmp_path):
+    async with web_bot(tmp_path) as web:
+        pid = await web.propose()
+        async with web.client() as c:
+            await login(c, "alice")
+            csrf = await session_csrf(c)
+            r = await c.post("/chat", data={"csrf": csrf, "kind": "why", "text": str(pid)})
+            assert r.status_code == 303 and r.headers["location"] == "/chat"
+            r = await c.post("/api/v1/ask", json={"kind": "whatif", "text": "spot=-5%"}, headers={"X-CSRF-Token": csrf})
+            assert r.status_code == 200 and "nothing is proposed or executed" in r.json()["text"]
+            r = await c.post("/api/v1/ask", json={"kind": "ask", "text": "Are you using LLM mode now?"},
+                             headers={"X-CSRF-Token": csrf})
+            assert r.status_code == 200 and "LLM" in r.json()["text"]
+            bad = await c.post("/api/v1/ask", json={"kind": "approve", "text": str(pid)}, headers={"X-CSRF-Token": csrf})
+            assert bad.status_code == 422
+            page = await c.get("/chat")
+            assert "Reasoning (rule)" in page.text and "What if" in page.text and "Are you using LLM mode now?" in page.text
+        rows = list(web.store.iter_rows("questions"))
+        assert [(q["user"], q["channel"], q["kind"]) for q in rows] == [
+            ("alice", "web", "why"), ("alice", "web", "whatif"), ("alice", "web", "ask")]
+        assert rows[0]["proposal_id"] == pid
+        assert len(list(web.store.iter_rows("answers"))) == 3
+        assert web.store.get_proposal(pid).status == "pending"  # asking changed nothing
+
+
+async def test_pause_and_resume_from_the_web(tmp_path):
+    async with web_bot(tmp_path) as web:
+        pid = await web.propose()
+        async with web.client() as c:
+            await login(c, "alice")
+            r = await c.post("/pause", data={"csrf": await session_csrf(c), "reason": "maintenance"})
+            assert r.status_code == 303
+            home = await c.get("/")
+            assert 'id="paused"' in home.text and 'id="resume"' in home.text and "Paused." in home.text
+            assert web.store.get_proposal(pid).status == "cancelled"
+            assert (await c.get("/api/v1/overview")).json()["paused"] is True
+            r = await c.post("/api/v1/resume", headers={"X-CSRF-Token": await session_csrf(c)})
+            assert r.status_code == 200 and r.json()["text"] == "Resumed."
+        flags = [e for e in web.store.list_events(kind="flag_set")]
+        assert [(e["actor"], e["channel"]) for e in flags] == [("alice", "web"), ("alice", "web")]
+
+
+async def test_lists_filter_and_page(tmp_path):
+    async with web_bot(tmp_path) as web:
+        ids = []
+        for _ in range(5):
+            ids.append(await web.propose())
+            await web.bot.core.cancel(ids[-1], "alice", "console")
+            web.bot.exchange.clock.advance(60)
+        async with web.client() as c:
+            await login(c, "alice")
+            first = (await c.get("/api/v1/proposals", params={"limit": 2})).json()
+            assert [p["id"] for p in first["items"]] == ids[:-3:-1] and first["next"]
+            second = (await c.get("/api/v1/proposals", params={"limit": 2, "before": first["next"]})).json()
+            assert [p["id"] for p in second["items"]] == [ids[2], ids[1]]
+            none = (await c.get("/api/v1/proposals", params={"status": "executed"})).json()
+            assert none["items"] == []
+            d = (await c.get("/api/v1/decisions", params={"limit": 3, "action": "OPEN_COVERED_CALL"})).json()
+            assert len(d["items"]) == 3 and d["next"]
+            html = await c.get("/proposals", params={"limit": 2})
+            assert 'id="older"' in html.text and f"#{ids[-1]}" in html.text and f"#{ids[0]}<" not in html.text
+            audit = (await c.get("/api/v1/audit", params={"limit": 5})).json()
+            assert audit["verify"]["ok"] is True and len(audit["events"]) == 5 and audit["next"]
+            older = (await c.get("/api/v1/audit", params={"limit": 5, "before": audit["next"]})).json()
+            assert older["events"][0]["id"] == audit["next"] - 1
+            assert (await c.get("/api/v1/proposals", params={"since": "yesterday"})).status_code == 400
