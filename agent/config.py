@@ -85,8 +85,11 @@ class Settings(BaseSettings):
     llm_timeout_sec: float = Field(30.0, gt=0, le=600)
     llm_daily_token_budget: int = Field(200_000, ge=0)
     llm_fallback_alert_pct: float = Field(30.0, ge=0, le=100)
-    llm_price_in_per_mtok: float = Field(0.40, ge=0)
-    llm_price_out_per_mtok: float = Field(1.60, ge=0)
+    # USD per million tokens; None: from the model's row in agent.llm.caps.PRICES (0 if unlisted)
+    llm_price_in_per_mtok: float | None = Field(None, ge=0)
+    llm_price_out_per_mtok: float | None = Field(None, ge=0)
+    # Reasoning models (o1, o3, o4, gpt-5 and later): how hard they think before answering
+    llm_reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] = "low"
 
     # Policy profile and its values (None: from the profile)
     mode: Literal["conservative", "research"] = "conservative"
@@ -179,7 +182,7 @@ class Settings(BaseSettings):
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("exchange", "mode", "approval_mode", "decision_mode", "log_format", mode="before")
+    @field_validator("exchange", "mode", "approval_mode", "decision_mode", "log_format", "llm_reasoning_effort", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v

@@ -35,6 +35,7 @@ def open_exchange(settings: Settings, *, clock: Clock | None = None, reset_paper
         client = DeribitClient(settings.paper_exchange_url, key_id, secret, backoff_base_s=0.2)
         return Exchange(client, clock or WallClock(), None, f"paper exchange at {settings.paper_exchange_url}")
     from .deribit.paper import PaperExchange  # only needed in process
+    from .deribit.paper_server import transport as paper_transport
 
     if clock is None:
         clock = SimClock(speed=settings.paper_speed) if settings.paper_speed else WallClock()
@@ -46,6 +47,6 @@ def open_exchange(settings: Settings, *, clock: Clock | None = None, reset_paper
     # The in-process paper exchange has no rate limits of its own, and under a simulated clock a
     # day of ticks may run in seconds: Deribit's 20 calls/s would only slow the simulation down.
     fast = RateLimiter(ordinary_per_s=10_000, ordinary_burst=10_000, orders_per_s=10_000, orders_burst=10_000)
-    client = DeribitClient("http://paper.invalid", key_id, secret, transport=paper.transport(), backoff_base_s=0.05,
+    client = DeribitClient("http://paper.invalid", key_id, secret, transport=paper_transport(paper), backoff_base_s=0.05,
                            limiter=fast, server_clock=lambda: clock.now_ms() / 1000.0)
     return Exchange(client, clock, paper, f"paper exchange in process ({settings.effective_paper_state_path})")

@@ -32,6 +32,7 @@ from agent.models import (AccountState, Action, ActionType, AgentState, Candidat
                           ExecutionResult, ExecutionStatus, OptionPosition, OrderOutcome, OrderRequest, RiskResult)
 from agent.tick import compress_state, config_snapshot  # noqa: E402
 from chatops import store as store_mod  # noqa: E402
+from chatops.store import common as store_common  # noqa: E402
 from chatops.store import DECISION_COLUMNS, GENESIS_HASH, Store, iso, label_for, serialize_decision  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -187,7 +188,7 @@ def build(path: Path, n: int, rng: random.Random) -> dict:
         row = {"id": ev_id, "ts": ts, "kind": kind, "proposal_id": pid, "decision_id": did, "actor": actor,
                "channel": channel, "reason": reason, "data_json": None if data is None else store_mod.canonical(data)}
         row["prev_hash"] = prev_hash
-        row["hash"] = prev_hash = store_mod._hash_event(prev_hash, row)
+        row["hash"] = prev_hash = store_common._hash_event(prev_hash, row)
         events.append(tuple(row.values()))
 
     statuses = ["executed"] * 5 + ["rejected", "expired", "superseded", "blocked", "failed"]

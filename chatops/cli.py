@@ -185,11 +185,27 @@ async def _tick(settings: Settings, as_json: bool) -> int:
     from agent.exchange import open_exchange
     from agent.tick import run_tick
 
+    from .llm_wiring import LLMWiring, llm_wanted
+
     ex = open_exchange(settings)
+    store = llm = None
     try:
-        decision = await run_tick(ex.client, settings, clock=ex.clock)
+        if llm_wanted(settings):  # the same wiring as `chatops run`: one budget, calls recorded
+            from .store import Store
+
+            store = Store(settings.database_path)
+            llm = LLMWiring(settings, store)
+        brain = await llm.tick_brain() if llm is not None else None
+        off = "daily token budget spent" if llm is not None and llm.drives and brain is None else None
+        decision = await run_tick(ex.client, settings, clock=ex.clock, llm_brain=brain, llm_off_reason=off)
+        for rec in decision.llm_calls:  # no decision row (a tick by hand proposes nothing): the calls count
+            llm.record(rec, "shadow" if decision.shadow_action is not None else "drive")  # type: ignore[union-attr]
     finally:
         await ex.aclose()
+        if llm is not None:
+            await llm.aclose()
+        if store is not None:
+            store.close()
     if as_json:
         print(decision.model_dump_json(indent=2))
         return 0

@@ -33,6 +33,16 @@ def test_policy_and_risk_are_pure():
 
 
 def test_the_core_never_imports_an_adapter():
-    for name in ("core.py", "approvals.py", "engine.py", "store.py", "ask.py", "render.py", "scheduler.py"):
-        bad = [i for i in imports(ROOT / "chatops" / name) if "telegram" in i or "slack" in i or "console" in i]
-        assert bad == [], name
+    core = [ROOT / "chatops" / n for n in ("core.py", "approvals.py", "engine.py", "ask.py", "render.py",
+                                            "scheduler.py")]
+    core += sorted((ROOT / "chatops" / "store").glob("*.py"))
+    for path in core:
+        bad = [i for i in imports(path) if "telegram" in i or "slack" in i or "console" in i]
+        assert bad == [], path.name
+
+
+def test_the_paper_exchange_does_not_import_its_front_end():
+    # paper_server serves a PaperExchange; the exchange itself never imports its HTTP front end.
+    for path in (ROOT / "agent" / "deribit").glob("paper*.py"):
+        if path.name != "paper_server.py":
+            assert not any("paper_server" in i for i in imports(path)), path.name

@@ -19,6 +19,7 @@ import pytest
 from agent.clock import SimClock
 from agent.deribit.client import DeribitClient
 from agent.deribit.errors import BadRequest, TransportError
+from agent.deribit.paper_server import transport as paper_transport
 from agent.deribit.paper import PaperExchange, fee_for
 from agent.deribit.paper_market import (
     DAY_MS,
@@ -160,7 +161,7 @@ async def test_http_get_and_post_json_rpc_answer_the_same_envelope(ex):
 
 async def test_get_query_strings_are_coerced_and_bad_params_named(ex, clock):
     b = pick(ex, clock)
-    async with httpx.AsyncClient(transport=ex.transport(), base_url="http://paper") as http:
+    async with httpx.AsyncClient(transport=paper_transport(ex), base_url="http://paper") as http:
         token = (await http.get("/api/v2/public/auth", params={
             "grant_type": "client_credentials", "client_id": "a", "client_secret": "b"})).json()["result"]["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
@@ -604,7 +605,7 @@ async def test_latency_delays_answers(ex):
 
 
 async def test_drop_in_process_and_over_http(ex, clock):
-    async with httpx.AsyncClient(transport=ex.transport(), base_url="http://paper") as http:
+    async with httpx.AsyncClient(transport=paper_transport(ex), base_url="http://paper") as http:
         ex.faults.drop_next("public/get_time")
         with pytest.raises(httpx.RemoteProtocolError):
             await http.get("/api/v2/public/get_time")
@@ -635,7 +636,7 @@ async def test_bare_http_status_without_json(ex):
             with pytest.raises(TransportError, match="503"):
                 await c.get_time()
             assert await c.get_time() == T0_MS
-    async with httpx.AsyncClient(transport=ex.transport(), base_url="http://paper") as http:
+    async with httpx.AsyncClient(transport=paper_transport(ex), base_url="http://paper") as http:
         ex.faults.http_status_next("*", 504)
         assert (await http.get("/api/v2/public/test")).status_code == 504
 

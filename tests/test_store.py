@@ -20,6 +20,7 @@ from agent.models import (Action, ActionType, Decision, ExecutionResult, Executi
                           RiskResult)
 from agent.tick import compress_state, config_snapshot
 from chatops import store as store_mod
+from chatops.store import common as store_common
 from chatops.store import (APPEND_ONLY_TABLES, MIGRATIONS, SCHEMA_VERSION, Store, StoreBusyError, connect, label_for,
                            migrate, schema_version, serialize_decision)
 from tests.builders import NOW, candidate, settings, short_call, state
@@ -129,7 +130,7 @@ def test_a_v1_database_is_upgraded_keeping_its_rows(db_path, clock):
     db.close()
 
     s = Store(db_path, now=clock)
-    assert schema_version(s.db) == 2
+    assert schema_version(s.db) == SCHEMA_VERSION
     assert {i.name for i in s.db["decisions"].indexes} >= {"idx_decisions_ts", "idx_decisions_action_ts"}
     assert {i.name for i in s.db["events"].indexes} >= {"idx_events_proposal"}
     old = s.get_decision(1)
@@ -461,7 +462,7 @@ def test_verify_chain_names_a_rehashed_row_by_its_successor(store, db_path):
     _events(store, 6)
     ev = store.list_events()[2]  # id 3
     forged = dict(ev, reason="forged", data_json=json.dumps(ev["data"], separators=(",", ":")))
-    forged_hash = store_mod._hash_event(ev["prev_hash"], forged)
+    forged_hash = store_common._hash_event(ev["prev_hash"], forged)
     c = raw(db_path)
     c.execute("DROP TRIGGER events_no_update")
     c.execute("UPDATE events SET reason = 'forged', hash = ? WHERE id = 3", [forged_hash])
@@ -595,7 +596,8 @@ def test_llm_call_records_of_the_llm_module_are_stored(store):
 
     rec = LLMCallRecord(model="gpt-4.1-mini", prompt="p", raw_response='{"action":"DO_NOTHING"}',
                         parsed={"action": "DO_NOTHING"}, valid=True, error=None, tokens_in=700, tokens_out=30,
-                        latency_ms=512.0, cost_usd=0.0003, finish_reason="stop", attempts=2)
+                        latency_ms=512.0, cost_usd=0.0003, finish_reason="stop", attempts=2, reasoning_tokens=12,
+                        cached_tokens=640)
     did = store.record_decision(decision(llm_calls=(asdict(rec),)))
     qid = store.record_llm_call(decision_id=None, **{**asdict(rec), "mode": "ask", "parsed": None,
                                                        "parsed_json": '{"a": 1}', "tokens_in": None, "prompt_tokens": 5})
@@ -604,6 +606,8 @@ def test_llm_call_records_of_the_llm_module_are_stored(store):
                                                                                       {"action": "DO_NOTHING"})
     assert json.loads(first["extra_json"]) == {"finish_reason": "stop", "tokens_estimated": False, "attempts": 2,
                                                "structured": True}
+    assert (first["reasoning_tokens"], first["cached_tokens"]) == (12, 640)
+    assert store.llm_stats()["reasoning_tokens"] == 24 and store.llm_stats()["cached_tokens"] == 1280
     assert (second["id"], json.loads(second["parsed_json"]), second["tokens_in"]) == (qid, {"a": 1}, 5)
 
 

@@ -1,0 +1,160 @@
+"""The store's plumbing: one connection, the in-process lock, `write()` and query helpers."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+
+from .common import DEFAULT_BUSY_TIMEOUT, _ts_param, iso, utc_now
+from .schema import _busy, _busy_error, _immediate, connect, migrate
+
+
+
+class StoreBase:
+    """Connection, locking and the one write path; the record mixins build on it."""
+
+    def __init__(self, path: str | Path, *, now: Callable[[], datetime] | None = None,
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.path = str(path)
+        self.busy_timeout = busy_timeout
+        self._now = now or utc_now
+        self._lock = threading.RLock()
+        self._depth = 0  # nesting of write() in the thread that holds the lock
+        self.db = connect(self.path, busy_timeout)
+        try:
+            with self._locked():
+                migrate(self.db, busy_timeout=busy_timeout, now=self._now)
+            self.instance_id = self._ensure_instance_id()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _ensure_instance_id(self) -> str:
+        """A random tag made once per database, part of every order label."""
+        current = self.get_flag("instance_id")
+        if current:
+            return current
+        with self.write() as conn:
+            row = conn.execute("SELECT value FROM flags WHERE key = 'instance_id'").fetchone()
+            if row and row[0]:
+                return str(row[0])
+            new = secrets.token_hex(3)
+            # Part of the database's identity, not a state change: no event (the chain starts clean).
+            conn.execute("INSERT INTO flags (key, value, updated_at, updated_by) VALUES ('instance_id', ?, ?, 'store')",
+                         [new, iso(self._now())])
+            return new
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def __enter__(self) -> "StoreBase":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def now(self) -> datetime:
+        return self._now()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=self.busy_timeout):
+            raise _busy_error(self.path, self.busy_timeout)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """The one way to write: in-process lock + BEGIN IMMEDIATE ... COMMIT (rolled back on error).
+        Nested use in the same thread becomes a savepoint of the outer transaction. Keep the block
+        short and never `await` inside it (the lock is re-entrant per thread, not per task)."""
+        with self._locked():
+            conn = self.db.conn
+            if self._depth:
+                # Nested in this thread: a savepoint inside the open transaction.
+                self._depth += 1
+                sp = f"w{self._depth}"
+                conn.execute(f"SAVEPOINT {sp}")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute(f"ROLLBACK TO {sp}")
+                        conn.execute(f"RELEASE {sp}")
+                    raise
+                else:
+                    conn.execute(f"RELEASE {sp}")
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
+            try:
+                with _immediate(self.db.conn, self.path, self.busy_timeout):
+                    yield self.db.conn
+            finally:
+                self._depth = 0
+
+    def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        with self._locked():
+            try:
+                return list(self.db.query(sql, params))
+            except sqlite3.OperationalError as exc:
+                if _busy(exc):
+                    raise _busy_error(self.path, self.busy_timeout) from None
+                raise
+
+    def _row(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._locked():
+            row = self.db.conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> int:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        cur = conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
+        return int(cur.lastrowid)
+
+    # --- query helpers --------------------------------------------------------------------
+
+    @staticmethod
+    def _time_filter(col: str, since: datetime | str | None,
+                     until: datetime | str | None) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append(f"{col} >= ?")
+            params.append(_ts_param(since))
+        if until is not None:
+            where.append(f"{col} < ?")
+            params.append(_ts_param(until))
+        return where, params
+
+    @staticmethod
+    def _where(clauses: list[str]) -> str:
+        return ("WHERE " + " AND ".join(clauses)) if clauses else ""
+
+
+
+def _order(order: str) -> str:
+    o = order.lower()
+    if o not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
+    return o.upper()

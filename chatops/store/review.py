@@ -1,0 +1,108 @@
+"""Review queries: a proposal's story, table iteration for exports, the policy's history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+
+from agent.models import ActionType, PositionHistory
+
+from .common import TABLES, _TS_COLUMN, iso, parse_ts
+from .base import _order
+
+
+
+class ReviewMixin:
+    def proposal_story(self, proposal_id: int) -> dict[str, Any] | None:
+        """Everything about one proposal: proposal (with `action` parsed as `action_obj`), decision,
+        votes, events, executions (with orders), questions (with answers), messages."""
+        p = self.get_proposal(proposal_id)
+        if p is None:
+            return None
+        proposal = asdict(p)
+        proposal["action_obj"] = json.loads(p.action_json)
+        questions = []
+        for q in self._rows("SELECT * FROM questions WHERE proposal_id = ? ORDER BY id", [proposal_id]):
+            q = dict(q)
+            q["answers"] = self._rows("SELECT * FROM answers WHERE question_id = ? ORDER BY id", [q["id"]])
+            questions.append(q)
+        return {
+            "proposal": proposal,
+            "decision": self.get_decision(p.decision_id) if p.decision_id is not None else None,
+            "votes": [asdict(v) for v in self.votes(proposal_id)],
+            "events": self.list_events(proposal_id=proposal_id, limit=10_000),
+            "executions": self.executions(proposal_id),
+            "questions": questions,
+            "messages": [asdict(m) for m in self.message_refs(proposal_id)],
+        }
+
+    def iter_rows(self, table: str, *, since: datetime | None = None, until: datetime | None = None,
+                  order: str = "asc", batch_size: int = 1000, **equals: Any) -> Iterator[dict[str, Any]]:
+        """Every row of `table` (raw column values), filtered by time and column equality, fetched in
+        batches (the lock is not held between them), for CSV / JSON-lines exports."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r} (one of {', '.join(TABLES)})")
+        with self._locked():
+            columns = set(self.db[table].columns_dict)
+        bad = [c for c in equals if c not in columns]
+        if bad:
+            raise ValueError(f"{table} has no column {', '.join(bad)}")
+        where, params = self._time_filter(_TS_COLUMN[table], since, until)
+        for col, value in equals.items():
+            where.append(f"{col} = ?")
+            params.append(value)
+        o = _order(order)
+        cmp = ">" if o == "ASC" else "<"
+        last: int | None = None
+        while True:
+            w = list(where) + ([f"rowid {cmp} ?"] if last is not None else [])
+            p = list(params) + ([last] if last is not None else [])
+            rows = self._rows(f"SELECT rowid AS _rowid, * FROM {table} {self._where(w)} ORDER BY rowid {o} LIMIT ?",
+                              p + [batch_size])
+            for r in rows:
+                last = r.pop("_rowid")
+                yield r
+            if len(rows) < batch_size:
+                return
+
+    def history_for_policy(self, underlying: str, now: datetime | None = None) -> PositionHistory:
+        """What the policy needs from the past (executed proposals up to `now`): the last action
+        time per symbol (its symbol and roll_from), rolls per chain (a roll's new symbol inherits
+        roll_from's count + 1; a close ends the chain), the last executions (newest first, one line
+        each, with what the exchange reported), and a one-line previous decision."""
+        cutoff = iso(now or self._now())
+        last_at: dict[str, datetime] = {}
+        rolls: dict[str, int] = {}
+        fills: list[str] = []
+        for r in self._rows("SELECT action, symbol, roll_from, size, status_reason, updated_at "
+                            "FROM proposals WHERE underlying = ? AND status = 'executed' AND updated_at <= ? "
+                            "ORDER BY updated_at, id", [underlying, cutoff]):
+            at = parse_ts(r["updated_at"])
+            for sym in (r["symbol"], r["roll_from"]):
+                if sym:
+                    last_at[sym] = at
+            if r["action"] == ActionType.OPEN_COVERED_CALL.value and r["symbol"]:
+                rolls[r["symbol"]] = 0
+            elif r["action"] == ActionType.ROLL_COVERED_CALL.value and r["symbol"]:
+                rolls[r["symbol"]] = rolls.pop(r["roll_from"], 0) + 1
+            elif r["action"] == ActionType.CLOSE_COVERED_CALL.value and r["symbol"]:
+                rolls.pop(r["symbol"], None)
+            leg = f"{r['roll_from']} -> " if r["roll_from"] else ""
+            fills.append(f"{at:%m-%d %H:%M}Z {r['action'].split('_')[0]} {leg}{r['symbol']} {r['size']:g}"
+                         + (f": {' '.join(str(r['status_reason']).split())[:100]}" if r["status_reason"] else ""))
+        d = self._row("SELECT ts, final_action, final_symbol, decision_source, "
+                      "json_extract(COALESCE(final_json, proposed_json), '$.reasoning') AS reasoning "
+                      "FROM decisions WHERE underlying = ? AND ts <= ? ORDER BY ts DESC, id DESC LIMIT 1",
+                      [underlying, cutoff])
+        previous = None
+        if d is not None:
+            why = " ".join((d["reasoning"] or "").split())
+            why = why if len(why) <= 160 else why[:157] + "..."
+            sym = f" {d['final_symbol']}" if d["final_symbol"] else ""
+            previous = f"{parse_ts(d['ts']):%Y-%m-%d %H:%M}Z {d['final_action']}{sym} ({d['decision_source']}): {why}"
+        return PositionHistory(last_action_at=last_at, roll_count=rolls, previous_decision=previous,
+                               recent_fills=tuple(reversed(fills[-3:])))

@@ -1,0 +1,360 @@
+"""Schema and migrations (SQLite), the connection and BEGIN IMMEDIATE."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+
+
+from .common import APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, STATUSES, StoreBusyError, iso, utc_now
+
+
+
+DECISION_COLUMNS = ("ts", "underlying", "decision_source", "proposed_action", "final_action", "final_symbol",
+                    "risk_allowed", "requests", "credits", "config_id", "state_json", "proposed_json", "risk_json",
+                    "final_json", "execution_json", "shadow_json", "timings_json")
+
+
+# --- schema and migrations --------------------------------------------------------------------
+#
+# sqlite-utils 4.2 ships `sqlite_utils.migrations.Migrations`, but it works out what is pending
+# outside the transaction and applies under a deferred BEGIN, so two processes opening a fresh
+# file at once could both run migration 1. Ours: an ordered list of functions, a `_migrations`
+# table (version, name, applied_at) mirrored in PRAGMA user_version; each migration runs once,
+# in order, inside BEGIN IMMEDIATE, and re-checks the version after taking the write lock.
+
+
+def _append_only_triggers(table: str) -> list[str]:
+    return [
+        f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, 'append-only table: {table}'); END",
+        f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, 'append-only table: {table}'); END",
+    ]
+
+
+_STATUS_CHECK = ", ".join(f"'{s}'" for s in STATUSES)
+
+_V1_CORE = [
+    """CREATE TABLE config_snapshots (
+        id INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,           -- sha256 of config_json (canonical)
+        config_json TEXT NOT NULL,
+        first_seen TEXT NOT NULL)""",
+    """CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        underlying TEXT NOT NULL,
+        decision_source TEXT NOT NULL,
+        proposed_action TEXT NOT NULL,
+        final_action TEXT NOT NULL,
+        final_symbol TEXT,
+        risk_allowed INTEGER NOT NULL CHECK (risk_allowed IN (0, 1)),
+        requests INTEGER NOT NULL DEFAULT 0,
+        credits INTEGER NOT NULL DEFAULT 0,
+        config_id INTEGER REFERENCES config_snapshots(id),
+        state_json TEXT NOT NULL,
+        proposed_json TEXT NOT NULL,
+        risk_json TEXT NOT NULL,
+        final_json TEXT,                     -- NULL: the same as proposed_json
+        execution_json TEXT,
+        shadow_json TEXT,
+        timings_json TEXT)""",
+    f"""CREATE TABLE proposals (
+        id INTEGER PRIMARY KEY,
+        decision_id INTEGER REFERENCES decisions(id),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        underlying TEXT NOT NULL,
+        action TEXT NOT NULL,
+        symbol TEXT,
+        roll_from TEXT,
+        size REAL,
+        approvals_required INTEGER NOT NULL CHECK (approvals_required >= 1),
+        label TEXT UNIQUE,
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ({_STATUS_CHECK})),
+        status_reason TEXT,
+        decided_by TEXT,
+        decided_at TEXT,
+        updated_at TEXT NOT NULL,
+        action_json TEXT NOT NULL)""",
+    "CREATE TRIGGER proposals_no_delete BEFORE DELETE ON proposals "
+    "BEGIN SELECT RAISE(ABORT, 'proposals are never deleted'); END",
+    "CREATE TRIGGER proposals_immutable BEFORE UPDATE OF id, decision_id, created_at, expires_at, underlying, "
+    "action, symbol, roll_from, size, approvals_required, action_json ON proposals "
+    "BEGIN SELECT RAISE(ABORT, 'proposal content is immutable: only its status changes'); END",
+    "CREATE TRIGGER proposals_label_once BEFORE UPDATE OF label ON proposals "
+    "WHEN OLD.label IS NOT NULL AND NEW.label IS NOT OLD.label "
+    "BEGIN SELECT RAISE(ABORT, 'a proposal label is set once'); END",
+    """CREATE TABLE votes (
+        id INTEGER PRIMARY KEY,
+        proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+        user TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        vote TEXT NOT NULL CHECK (vote IN ('approve', 'reject')),
+        reason TEXT,
+        ts TEXT NOT NULL,
+        UNIQUE (proposal_id, user))""",
+    # No foreign keys on events: the log may name ids that do not exist (a vote on #999).
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        proposal_id INTEGER,
+        decision_id INTEGER,
+        actor TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        reason TEXT,
+        data_json TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL)""",
+    """CREATE TABLE executions (
+        id INTEGER PRIMARY KEY,
+        proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+        ts TEXT NOT NULL,
+        status TEXT NOT NULL,
+        dry_run INTEGER NOT NULL,
+        message TEXT,
+        error_code INTEGER,
+        result_json TEXT NOT NULL)""",
+    """CREATE TABLE orders (
+        id INTEGER PRIMARY KEY,
+        execution_id INTEGER NOT NULL REFERENCES executions(id),
+        proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+        ts TEXT NOT NULL,
+        order_id TEXT,
+        instrument TEXT NOT NULL,
+        side TEXT NOT NULL,
+        amount REAL NOT NULL,
+        price REAL,
+        label TEXT,
+        order_type TEXT,
+        reduce_only INTEGER NOT NULL DEFAULT 0,
+        order_state TEXT,
+        filled_amount REAL,
+        average_price REAL,
+        error_code INTEGER,
+        error_message TEXT,
+        reused INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE questions (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        user TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('why', 'ask', 'whatif')),
+        text TEXT NOT NULL,
+        ref TEXT,                            -- the reference as typed ("12", "#12", "d34")
+        proposal_id INTEGER,
+        decision_id INTEGER)""",
+    """CREATE TABLE answers (
+        id INTEGER PRIMARY KEY,
+        question_id INTEGER NOT NULL REFERENCES questions(id),
+        ts TEXT NOT NULL,
+        text TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('db', 'llm', 'rules')))""",
+    """CREATE TABLE llm_calls (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        decision_id INTEGER REFERENCES decisions(id),
+        mode TEXT NOT NULL CHECK (mode IN ('drive', 'shadow', 'ask')),
+        model TEXT,
+        prompt TEXT,
+        raw_response TEXT,
+        parsed_json TEXT,
+        valid INTEGER NOT NULL,
+        error TEXT,
+        tokens_in INTEGER,
+        tokens_out INTEGER,
+        latency_ms REAL,
+        cost_usd REAL,
+        extra_json TEXT)""",
+    """CREATE TABLE settings_changes (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        key TEXT NOT NULL,
+        old TEXT,
+        new TEXT,
+        actor TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        reason TEXT)""",
+    """CREATE TABLE flags (
+        key TEXT PRIMARY KEY,
+        value TEXT,
+        updated_at TEXT NOT NULL,
+        updated_by TEXT)""",
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+        channel TEXT NOT NULL,
+        chat_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (proposal_id, channel, chat_id))""",
+    """CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        payload_json TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT,
+        delivered_at TEXT)""",
+    """CREATE VIEW decisions_full AS
+        SELECT d.id, d.ts, d.underlying, d.decision_source, d.proposed_action, d.final_action, d.final_symbol,
+               d.risk_allowed, d.requests, d.credits, d.state_json, d.proposed_json, d.risk_json,
+               COALESCE(d.final_json, d.proposed_json) AS final_json, d.execution_json, d.shadow_json,
+               d.timings_json, c.config_json
+        FROM decisions d LEFT JOIN config_snapshots c ON c.id = d.config_id""",
+] + [t for table in APPEND_ONLY_TABLES for t in _append_only_triggers(table)]
+
+_V2_REVIEW_INDEXES = [
+    "CREATE INDEX idx_decisions_ts ON decisions(ts)",
+    "CREATE INDEX idx_decisions_action_ts ON decisions(final_action, ts)",
+    "CREATE INDEX idx_decisions_underlying_ts ON decisions(underlying, ts)",
+    "CREATE INDEX idx_proposals_status ON proposals(status, expires_at)",
+    "CREATE INDEX idx_proposals_underlying_status ON proposals(underlying, status)",
+    "CREATE INDEX idx_proposals_created ON proposals(created_at)",
+    "CREATE INDEX idx_proposals_decision ON proposals(decision_id)",
+    "CREATE INDEX idx_events_proposal ON events(proposal_id)",
+    "CREATE INDEX idx_events_ts ON events(ts)",
+    "CREATE INDEX idx_events_kind_ts ON events(kind, ts)",
+    # votes(proposal_id): served by the UNIQUE (proposal_id, user) index; messages likewise.
+    "CREATE INDEX idx_executions_proposal ON executions(proposal_id)",
+    "CREATE INDEX idx_orders_execution ON orders(execution_id)",
+    "CREATE INDEX idx_orders_proposal ON orders(proposal_id)",
+    "CREATE INDEX idx_questions_proposal ON questions(proposal_id)",
+    "CREATE INDEX idx_questions_ts ON questions(ts)",
+    "CREATE INDEX idx_answers_question ON answers(question_id)",
+    "CREATE INDEX idx_llm_calls_ts ON llm_calls(ts)",
+    "CREATE INDEX idx_llm_calls_decision ON llm_calls(decision_id)",
+    "CREATE INDEX idx_settings_changes_key_ts ON settings_changes(key, ts)",
+    "CREATE INDEX idx_outbox_due ON outbox(channel, next_attempt_at) WHERE delivered_at IS NULL",
+]
+
+
+def _m001_core(db: Database) -> None:
+    """Tables, the decisions_full view and the append-only triggers."""
+    for stmt in _V1_CORE:
+        db.execute(stmt)
+
+
+def _m002_review_indexes(db: Database) -> None:
+    """Indexes that keep review and the state machine fast on a year (or ten) of ticks."""
+    for stmt in _V2_REVIEW_INDEXES:
+        db.execute(stmt)
+
+
+def _m003_llm_token_details(db: Database) -> None:
+    """Reasoning tokens (part of tokens_out) and prompt-cache hits (part of tokens_in) per LLM call."""
+    db.execute("ALTER TABLE llm_calls ADD COLUMN reasoning_tokens INTEGER")
+    db.execute("ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER")
+
+
+Migration = tuple[str, Callable[[Database], None]]
+MIGRATIONS: tuple[Migration, ...] = (
+    ("core", _m001_core),
+    ("review_indexes", _m002_review_indexes),
+    ("llm_token_details", _m003_llm_token_details),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _busy(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+
+def _busy_error(path: str, timeout: float) -> StoreBusyError:
+    return StoreBusyError(f"database is locked: another writer held {path} for more than {timeout:g} s; "
+                          f"retry in a moment, or stop the process that holds it")
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection, path: str, timeout: float) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection (ROLLBACK on any error)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _busy(exc):
+            raise _busy_error(path, timeout) from None
+        raise
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if _busy(exc):
+            raise _busy_error(path, timeout) from None
+        raise
+
+
+def schema_version(db: Database) -> int:
+    if not db["_migrations"].exists():
+        return 0
+    row = db.execute("SELECT MAX(version) FROM _migrations").fetchone()
+    return row[0] or 0
+
+
+def migrate(db: Database, migrations: Sequence[Migration] = MIGRATIONS, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+            now: Callable[[], datetime] = utc_now) -> list[int]:
+    """Apply the pending migrations in order, each once, each in its own BEGIN IMMEDIATE
+    transaction together with its `_migrations` row. Returns the versions applied now.
+    `db` must wrap an autocommit connection (isolation_level=None), as `Store` opens it."""
+    conn = db.conn
+    path = _db_path(db)
+    with _immediate(conn, path, busy_timeout):
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                   "applied_at TEXT NOT NULL)")
+    applied = []
+    current = schema_version(db)
+    if current > len(migrations) and migrations is MIGRATIONS:
+        raise RuntimeError(f"database schema v{current} is newer than this code (v{len(migrations)}): "
+                           f"upgrade the code before opening {path}")
+    for version, (name, fn) in enumerate(migrations, start=1):
+        if version <= current:
+            continue
+        with _immediate(conn, path, busy_timeout):
+            # Re-check under the write lock: another process may have applied it meanwhile.
+            if schema_version(db) >= version:
+                continue
+            fn(db)
+            db.execute("INSERT INTO _migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                       [version, name, iso(now())])
+            db.execute(f"PRAGMA user_version = {version}")
+        applied.append(version)
+    return applied
+
+
+def _db_path(db: Database) -> str:
+    row = db.conn.execute("PRAGMA database_list").fetchone()
+    return (row[2] if row and row[2] else ":memory:")
+
+
+def connect(path: str | Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
+    """An autocommit connection wrapped by sqlite-utils: WAL, busy_timeout, foreign keys on."""
+    path = str(path)
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    # Decision rows are ~1.6 KB: 4 KB pages hold only two of them and waste a fifth of the
+    # file. Takes effect only on a new, empty file (before the first write and the WAL switch).
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+    db = Database(conn, execute_plugins=False)
+    if path != ":memory:":
+        db.enable_wal()
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = FULL")  # an approval that was answered "ok" survives a power cut
+    return db
