@@ -7,7 +7,8 @@ set on its own.
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -133,6 +134,11 @@ class Settings(BaseSettings):
     auto_approve_max_size: float | None = Field(None, gt=0)  # None: DEFAULT_ORDER_SIZE
     database_path: str = "data/chatops.db"
 
+    # Who may decide, and tamper evidence (chatops/identity.py, chatops/store/chain.py)
+    people_file: str | None = None  # TOML: persons, their identity per channel, their role
+    audit_anchor_file: str = "data/audit-anchors.log"  # append-only copy of chain heads, outside the database
+    audit_anchor_every: int = Field(100, ge=1, le=1_000_000)  # events between two anchors
+
     # Channels
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: str | None = None
@@ -234,7 +240,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_console_users(self) -> tuple[str, ...]:
-        return self.console_allowed_users or (getpass.getuser(),)
+        return self.console_allowed_users or (_os_user(),)
 
     @property
     def trading_tag(self) -> str:
@@ -271,6 +277,14 @@ class Settings(BaseSettings):
         return f"Settings(exchange={self.exchange!r}, underlying={self.underlying!r}, mode={self.mode!r}, dry_run={self.effective_dry_run})"
 
     __str__ = __repr__
+
+
+def _os_user() -> str:
+    """The account of the real uid (LOGNAME and USER are anyone's to set)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
 
 
 SECRET_FIELDS = frozenset(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import getpass
 import json
 import sys
 from dataclasses import asdict
@@ -19,6 +18,8 @@ from typing import Any
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.deribit.errors import DeribitError
+
+from .identity import os_user
 
 EXIT_USAGE = 2
 
@@ -272,7 +273,7 @@ def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> 
     from .approvals import ApprovalService
 
     svc = ApprovalService(store, settings)
-    user = getpass.getuser()
+    user = os_user()  # the real uid's account: LOGNAME and USER are anyone's to set
     result = svc.vote(pid, user, "cli", "approve" if cmd == "approve" else "reject", reason)
     print(result.message + (" The running bot executes it." if result.kind == "approved" else ""))
     return 0 if result.ok else 1
@@ -282,14 +283,12 @@ def _pause(store, settings: Settings, cmd: str, reason: str | None) -> int:
     from .approvals import ApprovalService
 
     svc = ApprovalService(store, settings)
-    user = getpass.getuser()
-    if cmd == "pause":
-        changed = svc.pause(user, "cli", reason)
-        if changed:
-            svc.cancel_pending(None, "paused (kill switch)", user, "cli")
-        print("Paused." if changed else "Already paused.")
-    else:
-        print("Resumed." if svc.resume(user, "cli") else "Not paused.")
+    result = svc.set_paused(cmd == "pause", os_user(), "cli", reason)
+    if not result.ok:
+        print(result.message, file=sys.stderr)
+        return 1
+    print(result.message + (f" Cancelled pending: {', '.join('#%d' % p for p in result.cancelled)}."
+                            if result.cancelled else ""))
     return 0
 
 

@@ -304,3 +304,29 @@ async def test_lists_filter_and_page(tmp_path):
             older = (await c.get("/api/v1/audit", params={"limit": 5, "before": audit["next"]})).json()
             assert older["events"][0]["id"] == audit["next"] - 1
             assert (await c.get("/api/v1/proposals", params={"since": "yesterday"})).status_code == 400
+
+
+async def test_people_file_roles_and_one_vote_per_person_across_channels(tmp_path):
+    people = tmp_path / "people.toml"
+    people.write_text('[people.alice]\nrole = "approver"\nconsole = "alice"\nweb = "alice"\n\n'
+                      '[people.victor]\nrole = "viewer"\nweb = "victor"\n')
+    async with web_bot(tmp_path, approvals_required=2, people_file=str(people)) as web:
+        pid = await web.propose()
+        assert (await web.bot.core.approve(pid, "alice", "console")).ok
+        async with web.client() as c:
+            await login(c, "alice")
+            r = await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
+            assert r.status_code == 409 and "already voted" in r.json()["text"]  # the same person, another channel
+        async with web.client() as c:
+            await login(c, "victor")
+            home = await c.get("/")
+            assert 'id="pause"' in home.text and f'id="approve-{pid}"' not in home.text  # a viewer may pull the switch
+            r = await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
+            assert r.status_code == 403 and "viewer" in r.json()["text"]
+            r = await c.post("/api/v1/pause", json={"reason": "viewer pulls the kill switch"},
+                             headers={"X-CSRF-Token": await session_csrf(c)})
+            assert r.status_code == 200 and r.json()["text"] == "Paused."
+            r = await c.post("/api/v1/resume", headers={"X-CSRF-Token": await session_csrf(c)})
+            assert r.status_code == 403
+        assert web.store.get_proposal(pid).status == "cancelled"  # pausing cancelled it
+        assert [v.user for v in web.store.votes(pid)] == ["alice"]

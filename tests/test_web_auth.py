@@ -46,6 +46,8 @@ def test_users_file_inline_users_and_tokens(tmp_path):
     assert store.remove("dave") and store.user_for_token(token) is None and store.names() == ["carol"]
     with pytest.raises(ConfigError, match="bad web user name"):
         store.set_password("../etc", "password123")
+    with pytest.raises(ConfigError, match="reserved name"):
+        store.set_password("auto", "password123")
     with pytest.raises(ConfigError, match="WEB_USERS entries"):
         UserStore(tmp_path / "none.json", inline="frank:plaintext").names()
     path.write_text("{not json")

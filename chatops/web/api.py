@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..adapters.base import Reply
+from ..identity import identity
 from . import views
 from .auth import Auth, Principal, csrf_ok
 from .views import Context
@@ -77,7 +78,7 @@ def api_router(ctx: Context, auth: Auth, stopping: asyncio.Event, *, need_user: 
 
     @r.get("/me")
     async def me(request: Request, p: Principal = Depends(need_user)) -> dict[str, Any]:
-        return {"user": p.user, "identity": f"web:{p.user}", "via": p.via, "can_act": can_act(p),
+        return {"user": p.user, "identity": identity("web", p.user), "via": p.via, "can_act": can_act(p),
                 "read_only": ctx.read_only, "csrf": p.csrf}
 
     @r.get("/overview")

@@ -11,8 +11,6 @@ the core, on WEB_ALLOWED_USERS, like every other channel: this module only says 
 from __future__ import annotations
 
 import hmac
-import pwd
-import os
 import secrets
 import time
 from collections import deque
@@ -20,17 +18,10 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from ..identity import os_user
 from .users import UserStore
 
 COOKIE = "chatops_session"
-
-
-def os_user() -> str:
-    """The OS account of this process (real uid), not an environment variable."""
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid{os.getuid()}"
 
 
 @dataclass(frozen=True)

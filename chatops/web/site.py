@@ -77,8 +77,14 @@ def create_app(ctx: Context, auth: Auth, stopping: asyncio.Event) -> FastAPI:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         return page(request, "message.html", {"message": exc.message, "ok": False}, status=exc.status)
 
+    def may(p: Principal | None, action: str) -> bool:
+        """What the buttons offer (the core decides again on every POST): identity.ACTION_ROLE."""
+        if p is None or ctx.read_only:
+            return False
+        return ctx.core.approvals.directory.check("web", p.user, action).allowed
+
     def can_act(p: Principal | None) -> bool:
-        return bool(p) and not ctx.read_only and ctx.core.is_authorized("web", p.user)  # type: ignore[union-attr]
+        return may(p, "approve")
 
     def page(request: Request, name: str, data: dict[str, Any], status: int = 200) -> HTMLResponse:
         p = getattr(request.state, "principal", None) or principal(auth, request)
@@ -90,6 +96,7 @@ def create_app(ctx: Context, auth: Auth, stopping: asyncio.Event) -> FastAPI:
             except BadSignature:
                 flash = None
         base = {"user": p.user if p else None, "csrf": p.csrf if p else "", "can_act": can_act(p),
+                "can_pause": may(p, "pause"), "can_ask": may(p, "read"),
                 "read_only": ctx.read_only, "tag": ctx.settings.trading_tag, "nonce": request.state.nonce,
                 "flash": flash, "path": request.url.path}
         resp = templates.TemplateResponse(request, name, {**base, **data}, status_code=status)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from agent.config import ConfigError, Settings
 
+from ..identity import is_reserved
+
 # scrypt at n=2**14, r=8, p=1 costs ~16 MiB and tens of milliseconds: slow for a guesser, fine for a login.
 SCRYPT_N, SCRYPT_R, SCRYPT_P, DKLEN = 2 ** 14, 8, 1, 32
 TOKEN_PREFIX = "cct_"
@@ -60,6 +62,8 @@ def token_digest(token: str) -> str:
 def check_name(name: str) -> str:
     if not NAME_RE.match(name or ""):
         raise ConfigError(f"bad web user name {name!r}: letters, digits, '.', '_' or '-', up to 64 characters")
+    if is_reserved(name):
+        raise ConfigError(f"bad web user name {name!r}: a reserved name (the bot's own actors cannot log in)")
     return name
 
 
