@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from agent.clock import to_datetime
-from agent.config import Settings
+from agent.config import ConfigError, Settings
 from agent.deribit.errors import DeribitError
 from agent.exchange import Exchange, open_exchange
 from agent.models import Decision
@@ -75,6 +75,7 @@ class Bot:
 
     async def start(self) -> None:
         self.approvals.check_startup()
+        await self._check_network()
         # Before anything else: settle what a crash left in flight.
         reconciled = await self.executor.reconcile()
         for r in reconciled:
@@ -84,10 +85,26 @@ class Bot:
             await ch.start(self.core)
             self.core.channels.append(ch)
         self.store.append_event("bot_started", actor="agent", channel="bot",
-                                reason=f"{self.settings.trading_tag} {self.exchange.description}; channels "
+                                reason=f"{self.core.tag} {self.exchange.description}; channels "
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
         if self.approvals.is_paused():
             await self.core.notify("pause", "Started PAUSED (kill switch on from before): `resume` to let it trade.")
+
+    async def _check_network(self) -> None:
+        """Which Deribit this is, by its own responses' `testnet` flag; mainnet only when allowed."""
+        if self.settings.exchange != "deribit":
+            return
+        client = self.exchange.client
+        if getattr(client, "testnet", None) is None:
+            try:
+                await client.get_index_price(self.settings.index_name)
+            except DeribitError as exc:  # unreachable now: DERIBIT_BASE_URL decides the tag until it answers
+                log.warning("could not read the exchange at start: %s", exc)
+        testnet = getattr(client, "testnet", None)
+        if testnet is False and not self.settings.allow_mainnet:
+            raise ConfigError(f"config error: {self.settings.deribit_base_url} answers as Deribit production (mainnet, "
+                              "real money): set ALLOW_MAINNET=true to trade there, or use https://test.deribit.com")
+        self.core.tag = self.settings.tag_for(testnet)
 
     def _make_channels(self) -> list:
         out = []
@@ -241,7 +258,7 @@ class Bot:
         return None
 
     def live_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"exchange": self.exchange.description}
+        out: dict[str, Any] = {"exchange": self.exchange.description, "tag": self.core.tag}
         stats = self.store.llm_stats(self.now() - timedelta(hours=24))
         if self.settings.effective_decision_mode != "rule" or stats.get("calls"):
             calls, fb = stats.get("calls", 0), stats.get("fallbacks", 0)

@@ -41,6 +41,7 @@ class Core:
         self.asker = asker
         self.status_provider = status_provider  # callable -> dict of live status (bot)
         self.channels: list[Channel] = []
+        self.tag = settings.trading_tag  # the bot sets it from the exchange's own testnet flag at start
         self._tasks: set[asyncio.Task] = set()
 
     # --- helpers ----------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class Core:
 
     def proposal_card(self, pid: int) -> render.Card | None:
         view = self.proposal_view(pid)
-        return render.proposal_card(view, self.settings.trading_tag, self.now()) if view else None
+        return render.proposal_card(view, self.tag, self.now()) if view else None
 
     async def broadcast_proposal(self, pid: int) -> None:
         card = self.proposal_card(pid)
@@ -244,7 +245,9 @@ class Core:
             ref, _, reason = rest.partition(" ")
             pid = _parse_id(ref)
             if pid is None:
-                return Reply(f"usage: {word} <id>{' [reason]' if word == 'reject' else ''}", ok=False, private=True)
+                bad = f"{ref[:30]!r} is not a proposal number. " if ref else ""
+                return Reply(f"{bad}usage: {word} <id>{' [reason]' if word == 'reject' else ''} (the number on the card, "
+                             f"e.g. {word} 12)", ok=False, private=True)
             if word == "approve":
                 return await self.approve(pid, user, channel)
             return await self.reject(pid, user, channel, reason.strip() or None)
@@ -256,7 +259,10 @@ class Core:
             return await self.pending(user, channel)
         if word == "history":
             n = _parse_id(rest) if rest else 10
-            return await self.history(n or 10, user, channel)
+            if not n:
+                return Reply(f"{rest[:30]!r} is not a number of decisions: usage: history [n] (1-50, default 10)",
+                             ok=False, private=True)
+            return await self.history(n, user, channel)
         if word == "pause":
             return await self.pause(user, channel, rest or None)
         if word == "resume":
@@ -268,16 +274,22 @@ class Core:
         if word in ("help", "start", "?"):
             if (refused := await self._guard(channel, user, "help")):
                 return refused
-            return Reply(HELP_TEXT)
+            return Reply(HELP_TEXT + (CONSOLE_HELP if channel == "console" else ""))
         return await self.ask(line, user, channel)
 
 
+CONSOLE_HELP = "\n  quit                   stop the bot (Ctrl-C does the same); votes wait in the database"
+MAX_ID = 2**63 - 1  # SQLite's largest integer: anything bigger names no row
+
+
 def _parse_id(text: str) -> int | None:
+    """`12` or `#12` -> 12; None for anything else, including numbers no row can have."""
     text = text.strip().lstrip("#")
     try:
-        return int(shlex.split(text)[0]) if text else None
+        n = int(shlex.split(text)[0]) if text else None
     except (ValueError, IndexError):
         return None
+    return n if n is not None and 0 <= n <= MAX_ID else None
 
 
 def _dt(value: Any) -> datetime:
@@ -288,7 +300,7 @@ def _dt(value: Any) -> datetime:
 
 def status_text(store: Store, settings: Settings, now: datetime, live: dict[str, Any]) -> str:
     """The /status answer: mode, pause, last tick and its age, account, positions, pending."""
-    lines = [f"{settings.trading_tag} {settings.underlying} covered calls - {settings.exchange}, "
+    lines = [f"{live.get('tag') or settings.trading_tag} {settings.underlying} covered calls - {settings.exchange}, "
              f"{settings.effective_decision_mode} brain, {settings.mode} profile, approvals {settings.approval_mode}"]
     paused = store.get_flag("paused", "0") == "1"
     lines.append("PAUSED (kill switch on): nothing is proposed or executed" if paused else "Running")
