@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    log_file: str | None = None  # None: data/chatops.log when the terminal channel runs, else stderr only
+    log_file: str | None = None  # None: chatops.log beside the database when the terminal channel runs, else stderr
 
     @field_validator("telegram_allowed_user_ids", "slack_allowed_user_ids", "console_allowed_users", mode="before")
     @classmethod

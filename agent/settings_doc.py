@@ -112,7 +112,7 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("log_level", "DEBUG, INFO, WARNING or ERROR"),
         ("log_format", "text, or json (one object a line)"),
         ("log_file", "log file; with the terminal channel the log goes here, not into the chat",
-         "data/chatops.log when the terminal channel runs, else stderr only"),
+         "chatops.log beside DATABASE_PATH when the terminal channel runs, else stderr only"),
     ],
 }
 
@@ -205,3 +205,9 @@ def markdown_table() -> str:
             d = default_text(name)
             lines.append(f"| `{name.upper()}` | {('`' + d + '`') if d else '-'} | {_meaning(name).replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m agent.settings_doc [--markdown]
+    import sys
+
+    print(markdown_table() if "--markdown" in sys.argv else env_example(), end="")

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from agent.clock import to_datetime
 from agent.config import ConfigError, Settings
 from agent.deribit.errors import DeribitError
 from agent.exchange import Exchange, open_exchange
-from agent.models import Decision
+from agent.models import ActionType, Decision
 from agent.tick import run_tick
 
+from . import render
 from .approvals import ApprovalService
 from .ask import Asker
 from .core import Core
@@ -63,6 +64,10 @@ class Bot:
         self._tick_lock = asyncio.Lock()
         self._budget_alerted = False  # said once per spell of a spent LLM budget
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
+        self.interval = settings.loop_interval_sec  # the runner sets what it schedules
+        self.dashboard_url: str | None = None  # the web channel sets it when it serves one
+        self.log_file: str | None = None  # where the log goes when not the terminal
+        self.account_now: tuple[Any, dict[str, Any]] | None = None  # (when, compressed state) read after a fill
 
     def now(self):
         return to_datetime(self.exchange.clock.now_ms())
@@ -87,8 +92,25 @@ class Bot:
         self.store.append_event("bot_started", actor="agent", channel="bot",
                                 reason=f"{self.core.tag} {self.exchange.description}; channels "
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
+        self.core.paused_seen = self.approvals.is_paused()
         if self.approvals.is_paused():
             await self.core.notify("pause", "Started PAUSED (kill switch on from before): `resume` to let it trade.")
+
+    def banner(self, next_tick=None) -> str:
+        s = self.settings
+        people = "; ".join(f"{', '.join(sorted(self.approvals.allowlists.get(ch, ()))) or 'nobody'} ({ch})"
+                           for ch in self.approvals.enabled_channels)
+        if s.approval_mode == "auto":
+            approvals = (f"auto: the policy approves orders up to {s.effective_auto_max_size:g} {s.underlying}; "
+                         f"larger ones wait for {people}")
+        else:
+            approvals = f"manual: {s.approvals_required} of {people}, within {s.approval_ttl_sec:g} s"
+        brain = s.effective_decision_mode + (f" ({s.llm_model_name})" if s.effective_decision_mode != "rule" else "")
+        return render.banner(tag=self.core.tag, exchange=f"{self.exchange.description}, {s.underlying}",
+                             brain=f"{brain}, {s.mode} profile", approvals=approvals, interval_s=self.interval,
+                             next_tick=next_tick, database=s.database_path,
+                             channels=tuple(c.name for c in self.core.channels), log_file=self.log_file,
+                             dashboard_url=self.dashboard_url, paused=self.approvals.is_paused())
 
     async def _check_network(self) -> None:
         """Which Deribit this is, by its own responses' `testnet` flag; mainnet only when allowed."""
@@ -180,6 +202,11 @@ class Bot:
         if budget_note:
             await self.core.notify("llm_fallback", budget_note)
         await self._check_llm_fallbacks(decision)
+        if decision.final_action.action == ActionType.DO_NOTHING:
+            cands = decision.state.get("cand") or []
+            nxt = datetime.now(timezone.utc) + timedelta(seconds=self.interval)
+            await self.core.quiet(render.quiet_tick(decision_id, decision.timestamp, decision.final_action.reasoning,
+                                                    cands[0] if cands else None, nxt))
         result = self.approvals.propose(decision_id, decision)
         for old in result.superseded:
             await self.core.refresh_proposal(old)
@@ -215,6 +242,7 @@ class Bot:
 
     async def sweep(self) -> None:
         """Expire what is due and execute what is approved (from any process)."""
+        await self.core.announce_pause_change()
         for pid in self.approvals.expire_due():
             await self.core.refresh_proposal(pid)
         if not self.approvals.is_paused():
@@ -226,10 +254,23 @@ class Bot:
         if row is None:
             return
         if row.status == "executed":
+            await self._read_account()
             filled = " filled" in (row.status_reason or "") or (row.status_reason or "").startswith("filled")
             await self.core.notify("fill" if filled else "order", f"#{pid} executed: {row.status_reason or ''}".strip())
         elif row.status in ("failed", "blocked"):
             await self.core.notify("failure", f"#{pid} {row.status}: {row.status_reason or ''}".strip())
+
+    async def _read_account(self) -> None:
+        """After a fill, read the account again so `status` shows it, not the tick before."""
+        from agent.state import build_agent_state
+        from agent.tick import compress_state
+
+        try:
+            state = await build_agent_state(self.exchange.client, self.settings, clock=self.exchange.clock)
+        except DeribitError as exc:
+            log.warning("could not read the account after an execution: %s", exc)
+            return
+        self.account_now = (state.timestamp, compress_state(state))
 
     async def daily_summary(self) -> None:
         since = self.now() - timedelta(days=1)
@@ -268,4 +309,6 @@ class Bot:
         problem = self.watchdog_problem()
         if problem:
             out["watchdog"] = problem
+        if self.account_now is not None:
+            out["account_now"] = self.account_now
         return out

@@ -210,8 +210,13 @@ def _main(argv: list[str] | None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from .logs import setup_logging
 
-    setup_logging(settings)
     cmd = args.cmd
+    terminal_chat = False
+    if cmd == "run":
+        from .app import enabled_channel_names
+
+        terminal_chat = "console" in enabled_channel_names(settings)
+    setup_logging(settings, terminal_chat=terminal_chat)
     if cmd == "run":
         return asyncio.run(_run(settings, args))
     if cmd == "tick":
@@ -241,10 +246,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(settings: Settings, args) -> int:
     from agent.exchange import open_exchange
 
-    from .app import Bot
+    from .app import Bot, enabled_channel_names
     from .scheduler import BotRunner
 
+    from .logs import log_file_path
+
     bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper))
+    bot.log_file = log_file_path(settings, "console" in enabled_channel_names(settings))
     await bot.start()
     try:
         await BotRunner(bot, interval=args.interval, ticks=args.ticks).run()

@@ -42,6 +42,7 @@ class Core:
         self.status_provider = status_provider  # callable -> dict of live status (bot)
         self.channels: list[Channel] = []
         self.tag = settings.trading_tag  # the bot sets it from the exchange's own testnet flag at start
+        self.paused_seen: bool | None = None  # the pause state last announced (the bot notices other processes)
         self._tasks: set[asyncio.Task] = set()
 
     # --- helpers ----------------------------------------------------------------------------
@@ -131,6 +132,39 @@ class Core:
             except Exception:
                 log.exception("channel %s could not send a notice", ch.name)
 
+    async def quiet(self, text: str) -> None:
+        """A line for the channels that show small talk (the terminal); chats stay quiet."""
+        for ch in self.channels:
+            fn = getattr(ch, "quiet", None)
+            if fn is None:
+                continue
+            try:
+                await fn(text)
+            except Exception:
+                log.exception("channel %s could not show a line", ch.name)
+
+    async def announce_pause_change(self) -> bool:
+        """Say so on every channel when the pause flag changed elsewhere (`chatops pause` in
+        another shell); True when it did."""
+        paused = self.approvals.is_paused()
+        if self.paused_seen is None or paused == self.paused_seen:
+            self.paused_seen = paused
+            return False
+        self.paused_seen = paused
+        last = (self.store.list_events(kind="flag_set", limit=1, order="desc") or [{}])[0]
+        who = f"{last.get('actor', 'someone')} ({last.get('channel', '?')})"
+        if paused:
+            reason = last.get("reason")
+            await self.notify("pause", f"Paused by {who}{': ' + reason if reason and reason != 'paused' else ''}. "
+                                       "No new proposals, nothing executes until resume.")
+            # what `chatops pause` cancelled in that process: the cards here say so too
+            for e in self.store.list_events(kind="proposal_cancelled", limit=20, order="desc"):
+                if e.get("id", 0) > last.get("id", 0) and e.get("proposal_id"):
+                    await self.refresh_proposal(e["proposal_id"])
+        else:
+            await self.notify("pause", f"Resumed by {who}.")
+        return True
+
     def save_message_ref(self, proposal_id: int, channel: str, chat_id: str, message_id: str) -> None:
         self.store.save_message_ref(proposal_id, channel, str(chat_id), str(message_id))
 
@@ -214,6 +248,7 @@ class Core:
         cancelled = self.approvals.cancel_pending(None, "paused (kill switch)", str(user), channel)
         for pid in cancelled:
             await self.refresh_proposal(pid)
+        self.paused_seen = True
         await self.notify("pause", f"Paused by {user} ({channel}){': ' + reason if reason else ''}. "
                                    f"No new proposals, nothing executes until resume."
                                    + (f" Cancelled pending: {', '.join('#%d' % p for p in cancelled)}." if cancelled else ""))
@@ -224,6 +259,7 @@ class Core:
             return refused
         if not self.approvals.resume(str(user), channel):
             return Reply("Not paused.")
+        self.paused_seen = False
         await self.notify("pause", f"Resumed by {user} ({channel}).")
         return Reply("Resumed.")
 
@@ -309,7 +345,15 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
         age = (now - _dt(last["ts"])).total_seconds()
         lines.append(f"Last tick #{last['id']} {age:.0f}s ago: {last['final_action']} {last.get('final_symbol') or ''}".rstrip())
         st = last.get("state") or {}
-        if st:
+        fresh = live.get("account_now")
+        if fresh and fresh[0] > _dt(last["ts"]):  # read after an execution since that tick
+            st = fresh[1]
+            lines.append(f"Account read {max((now - fresh[0]).total_seconds(), 0):.0f}s ago, after the last execution:")
+            lines.append(f"  spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
+                         f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
+            for p in st.get("pos") or []:
+                lines.append(f"  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+        elif st:
             lines.append(f"As of that tick: spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
                          f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
             for p in st.get("pos") or []:
