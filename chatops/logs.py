@@ -22,6 +22,7 @@ _PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_-]{16,}"),
     re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"),
+    re.compile(r"(?i)((?:client_secret|refresh_token|access_token)=)[^&\s\"']+"),  # in a logged URL
 ]
 
 
@@ -99,5 +100,6 @@ def setup_logging(settings: Settings, stream=None, *, terminal_chat: bool = Fals
     root.setLevel(settings.log_level)
     # Libraries that log every request at INFO: into the log file when there is one, else warnings only.
     for noisy in NOISY:
-        logging.getLogger(noisy).setLevel(max(logging.INFO if path else logging.WARNING, root.level))
+        chatty = noisy == "apscheduler"  # a line per job run, every 2 s: warnings only, even in the file
+        logging.getLogger(noisy).setLevel(max(logging.INFO if path and not chatty else logging.WARNING, root.level))
     return redact
