@@ -136,6 +136,7 @@ class PositionHistory(Value):
             return None
         return ("Rejected by the operators lately (do not propose the same again unless the market moved): "
                 + "; ".join(r.text() for r in self.rejections[:limit]))
+    recent_fills: tuple[str, ...] = ()  # the last executions, newest first, one line each (for the LLM prompt)
 
 
 class AgentState(Value):
@@ -148,6 +149,8 @@ class AgentState(Value):
     open_orders: tuple[WorkingOrder, ...] = ()
     candidates: tuple[Candidate, ...] = ()
     chain_size: int = 0  # options in the book summary
+    atm_iv: float | None = None  # mark IV (percent) of the call nearest the forward, expiry nearest the target DTE
+    atm_iv_dte: float | None = None  # that expiry's days to expiry
     history: PositionHistory = Field(default_factory=PositionHistory)
     requests: int = 0  # exchange requests taken to build this state
     credits: int = 0

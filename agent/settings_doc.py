@@ -42,8 +42,11 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("llm_timeout_sec", "seconds to wait for one LLM answer before the rules decide"),
         ("llm_daily_token_budget", "tokens per 24 h; once spent the rules decide until it refills (0: no limit)"),
         ("llm_fallback_alert_pct", "a notice when more than this % of LLM calls in 24 h fell back to the rules"),
-        ("llm_price_in_per_mtok", "USD per million prompt tokens, for the cost figures"),
-        ("llm_price_out_per_mtok", "USD per million answer tokens, for the cost figures"),
+        ("llm_price_in_per_mtok", "USD per million prompt tokens, for the cost figures",
+         "the model's row in agent/llm/caps.py, 0 if unlisted"),
+        ("llm_price_out_per_mtok", "USD per million answer tokens, for the cost figures",
+         "the model's row in agent/llm/caps.py, 0 if unlisted"),
+        ("llm_reasoning_effort", "reasoning models (o1, o3, o4, gpt-5...): none, minimal, low, medium or high"),
     ],
     "Policy: which calls are candidates (defaults from MODE)": [
         ("mode", "profile: conservative, or research (wider bands)"),
@@ -89,6 +92,11 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("auto_approve_max_size", "auto mode approves orders up to this size; larger ones wait for a person",
          "DEFAULT_ORDER_SIZE"),
         ("database_path", "the SQLite file: decisions, proposals, votes, events"),
+    ],
+    "Who may decide, and tamper evidence": [
+        ("people_file", "TOML file of persons: their identity on each channel and their role", "none: the allowlists"),
+        ("audit_anchor_file", "append-only copy of the audit chain's heads, kept outside the database"),
+        ("audit_anchor_every", "events between two anchors written to AUDIT_ANCHOR_FILE"),
     ],
     "Channels (a token enables its channel; with none, the terminal serves)": [
         ("telegram_bot_token", "from @BotFather; enables Telegram (docs/telegram.md)"),

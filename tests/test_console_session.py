@@ -82,7 +82,7 @@ def test_first_hour_in_the_terminal(session, tmp_path):
                    "approvals  manual: 1 of", "ticks      every 2 s, next at", "database   ",
                    "log        "):
         s.expect(needle, timeout=5)
-    assert any("approvals  manual: 1 of" in ln and "(console), within 300 s" in ln for ln in s.seen)
+    assert any("approvals  manual: 1 of console:" in ln and ", within 300 s" in ln for ln in s.seen)
     s.expect("-> approve 1  |  reject 1 [reason]  |  why 1")
     s.send("reject 1 strike too close")
     first = next(ln for ln in s.seen if ln.strip().startswith("Instrument"))
