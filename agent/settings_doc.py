@@ -98,6 +98,14 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("audit_anchor_file", "append-only copy of the audit chain's heads, kept outside the database"),
         ("audit_anchor_every", "events between two anchors written to AUDIT_ANCHOR_FILE"),
     ],
+    "Web dashboard and REST API (served by `chatops run` unless WEB_PORT=0)": [
+        ("web_host", "address the dashboard listens on (127.0.0.1: this machine only)"),
+        ("web_port", "port of the dashboard; 0 turns it off"),
+        ("web_users_file", "web users and their password hashes, written by `chatops web-user add NAME`"),
+        ("web_users", "or inline: name:scrypt$...,name2:scrypt$... (hashes, never passwords)"),
+        ("web_allowed_users", "web users who may approve, reject, cancel, pause, resume and ask, comma-separated"),
+        ("web_session_hours", "hours a dashboard login lasts"),
+    ],
     "Channels (a token enables its channel; with none, the terminal serves)": [
         ("telegram_bot_token", "from @BotFather; enables Telegram (docs/telegram.md)"),
         ("telegram_chat_id", "the chat proposals and notices go to"),

@@ -42,7 +42,7 @@ class Bot:
     """One running bot. `await bot.start()`, then ticks and sweeps (by the scheduler or by hand)."""
 
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
-                 channels: list | None = None, llm_client: Any = None) -> None:
+                 channels: list | None = None, llm_client: Any = None, web: Any = None) -> None:
         self.settings = settings
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
@@ -58,6 +58,10 @@ class Bot:
         self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change)
         self.core.executor = self.executor
         self._channels = channels
+        # The dashboard (chatops.web.server.WebServer): from WEB_PORT by default; with channels given
+        # explicitly (tests, embedding), only the one passed (or set on .web before start).
+        self.web = web
+        self._web_from_settings = channels is None and web is None and bool(settings.web_port)
         self.ticks_done = 0
         self.exchange_failures = 0
         self.last_tick_error: str | None = None
@@ -89,6 +93,12 @@ class Bot:
         for ch in channels:
             await ch.start(self.core)
             self.core.channels.append(ch)
+        if self.web is None and self._web_from_settings:
+            from .web.server import WebServer
+
+            self.web = WebServer.for_bot(self)
+        if self.web is not None and not await self.web.start():
+            self.web = None  # logged; trading does not depend on the dashboard
         self.store.append_event("bot_started", actor="agent", channel="bot",
                                 reason=f"{self.core.tag} {self.exchange.description}; channels "
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
@@ -109,7 +119,8 @@ class Bot:
                              brain=f"{brain}, {s.mode} profile", approvals=approvals, interval_s=self.interval,
                              next_tick=next_tick, database=s.database_path,
                              channels=tuple(c.name for c in self.core.channels), log_file=self.log_file,
-                             dashboard_url=self.dashboard_url, paused=self.approvals.is_paused())
+                             dashboard_url=self.dashboard_url or (self.web.url if self.web is not None else None),
+                             paused=self.approvals.is_paused())
 
     async def _check_network(self) -> None:
         """Which Deribit this is, by its own responses' `testnet` flag; mainnet only when allowed."""
@@ -145,6 +156,8 @@ class Bot:
         return out
 
     async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
         await self.core.drain()
         for ch in reversed(self.core.channels):
             try:

@@ -21,7 +21,7 @@ class Session:
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("DERIBIT", "TELEGRAM", "SLACK", "OPENAI", "LLM", "DECISION", "LOG_"))}
         self.env.update(DATABASE_PATH=str(tmp_path / "chatops.db"), PAPER_STATE_PATH=str(tmp_path / "paper.json"),
-                        PYTHONUNBUFFERED="1", **env)
+                        PYTHONUNBUFFERED="1", WEB_PORT="0", **env)
         self.cwd = tmp_path
         self.p = subprocess.Popen([sys.executable, "-m", "chatops", "run", *args], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=self.env)
