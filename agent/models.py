@@ -137,6 +137,8 @@ class PositionHistory(Value):
         return ("Rejected by the operators lately (do not propose the same again unless the market moved): "
                 + "; ".join(r.text() for r in self.rejections[:limit]))
     recent_fills: tuple[str, ...] = ()  # the last executions, newest first, one line each (for the LLM prompt)
+    realized_vol_7d: float | None = None  # percent, annualized, from the index price of past ticks
+    realized_vol_30d: float | None = None
 
 
 class AgentState(Value):
