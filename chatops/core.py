@@ -137,6 +137,9 @@ class Core:
 
     async def quiet(self, text: str) -> None:
         """A line for the channels that show small talk (the terminal); chats stay quiet."""
+        from .redact import redact
+
+        text = redact(text)  # built from the decision in memory, not from a (redacted) stored row
         for ch in self.channels:
             fn = getattr(ch, "quiet", None)
             if fn is None:
