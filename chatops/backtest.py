@@ -37,7 +37,8 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--days", type=float, help="length of the run (default 365)")
     b.add_argument("--interval", default="1h", help="time between ticks: 15m, 1h, 4h, 1d (default 1h)")
     b.add_argument("--seed", type=int, default=7, help="the synthetic market's seed (default 7)")
-    b.add_argument("--brain", default="rule", choices=["rule", "llm", "shadow"])
+    b.add_argument("--brain", default="rule", choices=["rule", "llm", "shadow"],
+                   help="who decides: the rules, the LLM, or shadow (both books, rules against the LLM)")
     b.add_argument("--market", default="synthetic", help="synthetic (default), deribit or csv:PATH")
     b.add_argument("--vrp", type=float, default=DEFAULT_VRP,
                    help=f"volatility risk premium in vol points, as a fraction (default {DEFAULT_VRP:g})")
