@@ -309,15 +309,16 @@ async def _tick(settings: Settings, as_json: bool) -> int:
             store.close()
     from .redact import redact  # an LLM error text may echo a key: printed only through the one redactor
 
-    print(redact(decision.model_dump_json(indent=2) if as_json else format_decision(decision, settings)))
+    tag = settings.tag_for(getattr(ex.client, "testnet", None))  # what Deribit's own responses said
+    print(redact(decision.model_dump_json(indent=2) if as_json else format_decision(decision, settings, tag)))
     return 0
 
 
-def format_decision(d, settings: Settings) -> str:
+def format_decision(d, settings: Settings, tag: str | None = None) -> str:
     st = d.state
     fa = d.final_action
     lines = [
-        f"{settings.trading_tag} tick at {d.timestamp:%Y-%m-%d %H:%M:%S} UTC on {settings.underlying} "
+        f"{tag or settings.trading_tag} tick at {d.timestamp:%Y-%m-%d %H:%M:%S} UTC on {settings.underlying} "
         f"({d.requests} requests, {d.timings_ms.get('total_ms', 0):.0f} ms)",
         f"  spot {st['spot']:,.0f}  forward {st['fwd']:,.0f}  equity {st['eq']:.4f}  margin used {st['mu']:.1f}%  "
         f"options delta {st['od']:+.3f}",
