@@ -121,9 +121,11 @@ class Core:
             except Exception:
                 log.exception("channel %s could not update proposal #%d", ch.name, pid)
 
-    async def notify(self, kind: str, text: str) -> None:
+    async def notify(self, kind: str, text: str, *, record: bool = True) -> None:
+        """One line to every channel; `record=False` when the store already holds it as an event."""
         notice = Notice(kind=kind, text=text)
-        self.store.append_event("notice", actor="agent", channel="all", reason=f"{kind}: {text[:300]}")
+        if record:
+            self.store.append_event("notice", actor="agent", channel="all", reason=f"{kind}: {text[:300]}")
         for ch in self.channels:
             try:
                 await ch.notify(notice)
@@ -218,6 +220,24 @@ class Core:
                                    + (f" Cancelled pending: {', '.join('#%d' % p for p in cancelled)}." if cancelled else ""))
         return Reply("Paused.")
 
+    async def cancel(self, proposal_id: int, user: str, channel: str) -> Reply:
+        """Cancel proposal N's working order on the exchange (allowlisted users); recorded with who."""
+        if (refused := await self._guard(channel, user, "cancel")):
+            return refused
+        row = self.store.get_proposal(proposal_id)
+        if row is not None and row.status == "pending":
+            if self.store.transition(proposal_id, "pending", "cancelled", actor=str(user), channel=channel,
+                                     reason=f"cancelled by {user}"):
+                await self.refresh_proposal(proposal_id)
+                return Reply(f"#{proposal_id} cancelled before any vote decided it.", proposal_id=proposal_id)
+        if self.executor is None:
+            return Reply("cancel is not available here: the running bot cancels (`cancel N` in its chat or terminal)",
+                         ok=False, private=True)
+        ok, text = await self.executor.cancel(proposal_id, str(user), channel)
+        if ok:
+            await self.refresh_proposal(proposal_id)
+        return Reply(text, ok=ok, proposal_id=proposal_id, private=not ok)
+
     async def resume(self, user: str, channel: str) -> Reply:
         if (refused := await self._guard(channel, user, "resume")):
             return refused
@@ -248,6 +268,13 @@ class Core:
             if word == "approve":
                 return await self.approve(pid, user, channel)
             return await self.reject(pid, user, channel, reason.strip() or None)
+        if word == "cancel":
+            if (refused := await self._guard(channel, user, word)):
+                return refused
+            pid = _parse_id(rest)
+            if pid is None:
+                return Reply("usage: cancel <id>", ok=False, private=True)
+            return await self.cancel(pid, user, channel)
         if word == "why":
             return await self.why(rest or None, user, channel)
         if word == "status":

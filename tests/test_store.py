@@ -130,7 +130,7 @@ def test_a_v1_database_is_upgraded_keeping_its_rows(db_path, clock):
     db.close()
 
     s = Store(db_path, now=clock)
-    assert schema_version(s.db) == 2
+    assert schema_version(s.db) == SCHEMA_VERSION
     assert {i.name for i in s.db["decisions"].indexes} >= {"idx_decisions_ts", "idx_decisions_action_ts"}
     assert {i.name for i in s.db["events"].indexes} >= {"idx_events_proposal"}
     old = s.get_decision(1)
@@ -166,6 +166,12 @@ def full_store(store, clock):
     store.set_flag("paused", "0", actor="alice", channel="cli")
     store.save_message_ref(p.id, "telegram", 42, 1001)
     store.enqueue_outbox("slack", {"text": "hi"}, "timeout")
+    from agent.orders import Leg, OrderEvent
+
+    leg = Leg(label=p.label, role="single", instrument="BTC-1TEST-100000-C", side="sell", amount=0.1, state="filled",
+              order_id="ord-1", filled=0.1, average_price=0.006)
+    store.save_leg(p.id, 0, leg, [OrderEvent(kind="fill", label=p.label, order_id="ord-1", amount=0.1, filled=0.1,
+                                             text="filled 0.1")])
     return store, p
 
 
@@ -681,7 +687,8 @@ def test_proposal_story(full_store):
     assert story["decision"]["id"] == p.decision_id and story["decision"]["final"]["symbol"] == p.symbol
     assert [(v["user"], v["vote"]) for v in story["votes"]] == [("alice", "approve")]
     assert [e["kind"] for e in story["events"]] == ["proposal_created", "vote", "proposal_approved",
-                                                    "proposal_executing", "execution_recorded", "proposal_executed"]
+                                                    "proposal_executing", "execution_recorded", "proposal_executed",
+                                                    "order_fill"]
     (ex,) = story["executions"]
     assert ex["status"] == "filled" and ex["dry_run"] is False and ex["result"]["message"] == "filled 0.1 at 0.006"
     assert [(o["order_id"], o["label"], o["filled_amount"]) for o in ex["orders"]] == [("ord-1", p.label, 0.1)]

@@ -210,7 +210,8 @@ class ProposalsMixin:
                     "instrument": r.instrument_name, "side": r.side, "amount": r.amount, "price": r.price,
                     "label": r.label, "order_type": r.order_type, "reduce_only": int(r.reduce_only),
                     "order_state": o.order_state, "filled_amount": o.filled_amount, "average_price": o.average_price,
-                    "error_code": o.error_code, "error_message": o.error_message, "reused": int(o.reused)})
+                    "error_code": o.error_code, "error_message": o.error_message, "reused": int(o.reused),
+                    "fee": o.fee})
             self.append_event("execution_recorded", proposal_id=proposal_id, actor=actor, channel=channel,
                               reason=result.message[:500] or None,
                               data={"execution_id": eid, "status": result.status.value, "dry_run": result.dry_run,

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 
-from .common import APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, STATUSES, StoreBusyError, iso, utc_now
+from .common import V1_APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, STATUSES, StoreBusyError, iso, utc_now
 
 
 
@@ -211,7 +211,7 @@ _V1_CORE = [
                COALESCE(d.final_json, d.proposed_json) AS final_json, d.execution_json, d.shadow_json,
                d.timings_json, c.config_json
         FROM decisions d LEFT JOIN config_snapshots c ON c.id = d.config_id""",
-] + [t for table in APPEND_ONLY_TABLES for t in _append_only_triggers(table)]
+] + [t for table in V1_APPEND_ONLY_TABLES for t in _append_only_triggers(table)]
 
 _V2_REVIEW_INDEXES = [
     "CREATE INDEX idx_decisions_ts ON decisions(ts)",
@@ -250,10 +250,13 @@ def _m002_review_indexes(db: Database) -> None:
         db.execute(stmt)
 
 
+from .orders import _m003_order_tracking  # noqa: E402  (its DDL lives with its records)
+
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
+    ("order_tracking", _m003_order_tracking),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
