@@ -40,3 +40,22 @@ async def settle_orders(bot: Bot, max_steps: int = 40) -> None:
         bot.exchange.clock.advance(bot.settings.order_reprice_sec)
         await bot.executor.follow()
     raise AssertionError(f"orders still working after {max_steps} reprice steps")
+
+
+async def until_executed(bot: Bot, pid: int, timeout: float = 10.0) -> None:
+    """Wait (briefly, for a press to reach the executor) and let the working order live on the
+    simulated clock until proposal `pid` is executed."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = bot.store.get_proposal(pid)
+        if row is not None and row.status == "executed":
+            return
+        if row is not None and row.status == "executing":
+            bot.exchange.clock.advance(bot.settings.order_reprice_sec)
+            await bot.executor.follow()
+        else:
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"#{pid} not executed in {timeout:g} s ({bot.store.get_proposal(pid)})")
