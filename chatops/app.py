@@ -113,6 +113,7 @@ class Bot:
         return out
 
     async def stop(self) -> None:
+        self.executor.closed = True  # a recording still retrying gives up: the restart settles it by label
         await self.core.drain()
         for ch in reversed(self.core.channels):
             try:

@@ -167,7 +167,8 @@ class Executor:
             return self._block(pid, f"price moved {drift[0]:.1f}% of the premium against us ({drift[1]}), "
                                     f"more than MAX_PRICE_DRIFT_PCT {self.settings.max_price_drift_pct:g}%")
 
-        legs = plan_legs(action, row.label)
+        dry = self.settings.effective_dry_run
+        legs = [] if dry else plan_legs(action, row.label)  # a dry run sends nothing: nothing to follow
         claim = self.store.claim(pid, legs, now=self._now(),
                                  reason="re-check passed" + (f"; drift {drift[0]:.1f}%" if drift else ""))
         if not claim.ok:
@@ -176,7 +177,7 @@ class Executor:
                 return ExecOutcome(pid, "blocked", claim.reason)
             return ExecOutcome(pid, "skipped", claim.reason)
 
-        if self.settings.effective_dry_run:
+        if dry:
             result = await execute_action(self.exchange.client, action, row.label, self.settings)
             await self._retrying(f"#{pid}", lambda: self.store.settle(pid, result, "executed", result.message))
             return ExecOutcome(pid, "executed", result.message, result)
@@ -206,6 +207,9 @@ class Executor:
                     outcome = await self._drive(row.id, row.to_action())
                 except DeribitError as exc:  # the exchange is away: ask again next sweep
                     log.warning("following #%d: %s", row.id, exc)
+                    continue
+                except Exception:  # one proposal's trouble (a bug, a database that stays locked) never stops the others
+                    log.exception("following #%d failed; the next sweep tries again", row.id)
                     continue
             if outcome.status not in ("skipped", "working"):
                 await self._changed(row.id)

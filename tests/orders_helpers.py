@@ -53,7 +53,7 @@ class H:
             if self.bot.store.proposals_in_status("executing") == []:
                 break
             await self.step(step)
-        return self.bot.store.get_proposal(1).status  # type: ignore[union-attr]
+        return self.bot.store.latest_proposal().status  # type: ignore[union-attr]
 
     def legs(self, pid: int) -> list[dict]:
         return self.bot.store._rows("SELECT * FROM order_legs WHERE proposal_id = ? ORDER BY seq", [pid])
