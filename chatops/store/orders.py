@@ -69,7 +69,7 @@ ORDER_TABLES_DDL = [
 ]
 
 
-def _m003_order_tracking(db: Database) -> None:
+def _m005_order_tracking(db: Database) -> None:
     """order_legs (current state per leg) and order_events (append-only history); orders.fee."""
     for stmt in ORDER_TABLES_DDL:
         db.execute(stmt)
@@ -88,8 +88,9 @@ class ClaimResult:
 
 
 def claim_refusal(conn: sqlite3.Connection, proposal_id: int, now: datetime) -> ClaimResult | None:
-    """Every rule checked at the claim itself, inside its transaction: still approved, not expired,
-    not paused, and still holding the votes it needs (approvals >= required, no reject). None: go."""
+    """The time and switch rules checked at the claim itself, inside its transaction: still
+    approved, not expired, not paused. None: go on (the votes are recounted next, by the store's
+    `quorum_shortfall`)."""
     row = conn.execute("SELECT status, expires_at, approvals_required FROM proposals WHERE id = ?",
                        [proposal_id]).fetchone()
     if row is None or row[0] != "approved":
@@ -100,14 +101,6 @@ def claim_refusal(conn: sqlite3.Connection, proposal_id: int, now: datetime) -> 
     paused = conn.execute("SELECT value FROM flags WHERE key = 'paused'").fetchone()
     if paused and paused[0] == "1":
         return ClaimResult("paused", "paused")
-    approvals, rejects, auto = conn.execute(
-        "SELECT COALESCE(SUM(vote = 'approve'), 0), COALESCE(SUM(vote = 'reject'), 0), "
-        "COALESCE(SUM(vote = 'approve' AND user = 'auto' AND channel = 'auto'), 0) FROM votes WHERE proposal_id = ?",
-        [proposal_id]).fetchone()
-    if auto:
-        required = 1  # the unattended mode approves alone, inside its own tighter limits (approvals.auto_approve)
-    if rejects or approvals < required:
-        return ClaimResult("votes", f"votes at the claim: {approvals}/{required} approvals, {rejects} rejects")
     return None
 
 
@@ -119,6 +112,10 @@ class OrdersMixin:
         a paused one stays approved."""
         with self.write() as conn:
             refused = claim_refusal(conn, proposal_id, now)
+            if refused is None:
+                short = self.quorum_shortfall(conn, proposal_id)  # distinct approving persons, the proposal's own quorum
+                if short is not None:
+                    refused = ClaimResult("votes", f"refused at the claim: {short}")
             if refused is not None:
                 if refused.kind in ("expired", "votes"):
                     self._cas(conn, proposal_id, ("approved",), "blocked", actor=actor, channel=channel,
