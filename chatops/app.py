@@ -41,7 +41,7 @@ class Bot:
     """One running bot. `await bot.start()`, then ticks and sweeps (by the scheduler or by hand)."""
 
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
-                 channels: list | None = None, llm_client: Any = None) -> None:
+                 channels: list | None = None, llm_client: Any = None, web: Any = None) -> None:
         self.settings = settings
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
@@ -58,6 +58,10 @@ class Bot:
                                  notify=self._on_order_event)
         self.core.executor = self.executor
         self._channels = channels
+        # The dashboard (chatops.web.server.WebServer): from WEB_PORT by default; with channels given
+        # explicitly (tests, embedding), only the one passed (or set on .web before start).
+        self.web = web
+        self._web_from_settings = channels is None and web is None and bool(settings.web_port)
         self.ticks_done = 0
         self.exchange_failures = 0
         self.last_tick_error: str | None = None
@@ -89,6 +93,12 @@ class Bot:
             if r.status in ("executed", "failed"):
                 await self.core.notify("failure" if r.status == "failed" else "fill",
                                        f"After a restart: #{r.proposal_id} {r.status}: {r.message}", record=False)
+        if self.web is None and self._web_from_settings:
+            from .web.server import WebServer
+
+            self.web = WebServer.for_bot(self)
+        if self.web is not None and not await self.web.start():
+            self.web = None  # logged; trading does not depend on the dashboard
         self.store.append_event("bot_started", actor="agent", channel="bot",
                                 reason=f"{self.settings.trading_tag} {self.exchange.description}; channels "
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
@@ -114,6 +124,8 @@ class Bot:
 
     async def stop(self) -> None:
         self.executor.closed = True  # a recording still retrying gives up: the restart settles it by label
+        if self.web is not None:
+            await self.web.stop()
         await self.core.drain()
         for ch in reversed(self.core.channels):
             try:
