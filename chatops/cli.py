@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import getpass
 import json
 import sys
 from dataclasses import asdict
@@ -296,10 +297,10 @@ def _cancel(store, settings: Settings, pid: int) -> int:
     if row is None:
         print(f"No proposal #{pid}.", file=sys.stderr)
         return 1
-    if row.status == "pending" and store.transition(pid, "pending", "cancelled", actor=user, channel="cli",
-                                                    reason=f"cancelled by {user}"):
-        print(f"#{pid} cancelled before any vote decided it.")
-        return 0
+    if row.status == "pending":
+        result = svc.cancel(pid, user, "cli")
+        print(result.message, file=sys.stdout if result.kind == "cancelled" else sys.stderr)
+        return 0 if result.kind == "cancelled" else 1
     if row.status != "executing":
         print(f"#{pid} has no working order ({row.status}).", file=sys.stderr)
         return 1

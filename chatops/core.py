@@ -161,6 +161,16 @@ class Core:
         return Reply(result.message, ok=result.ok, proposal_id=pid, private=not result.ok)
 
     async def cancel(self, proposal_id: int, user: str, channel: str, reason: str | None = None) -> Reply:
+        """Cancel proposal N (approvers only; who did it is recorded): a pending one is withdrawn;
+        an executing one has its working order cancelled on the exchange."""
+        row = self.store.get_proposal(proposal_id)
+        if row is not None and row.status == "executing" and self.executor is not None:
+            if (refused := await self._guard(channel, user, "cancel", action="cancel")):
+                return refused
+            ok, text = await self.executor.cancel(proposal_id, str(user), channel)
+            if ok:
+                await self.refresh_proposal(proposal_id)
+            return Reply(text, ok=ok, proposal_id=proposal_id, private=not ok)
         result = self.approvals.cancel(proposal_id, str(user), channel, reason)
         if result.kind == "unauthorized":
             return self._refuse(result.message)
@@ -231,24 +241,6 @@ class Core:
                                    f"No new proposals, nothing executes until resume."
                                    + (f" Cancelled pending: {', '.join('#%d' % p for p in cancelled)}." if cancelled else ""))
         return Reply("Paused.")
-
-    async def cancel(self, proposal_id: int, user: str, channel: str) -> Reply:
-        """Cancel proposal N's working order on the exchange (allowlisted users); recorded with who."""
-        if (refused := await self._guard(channel, user, "cancel", action="cancel")):
-            return refused
-        row = self.store.get_proposal(proposal_id)
-        if row is not None and row.status == "pending":
-            if self.store.transition(proposal_id, "pending", "cancelled", actor=str(user), channel=channel,
-                                     reason=f"cancelled by {user}"):
-                await self.refresh_proposal(proposal_id)
-                return Reply(f"#{proposal_id} cancelled before any vote decided it.", proposal_id=proposal_id)
-        if self.executor is None:
-            return Reply("cancel is not available here: the running bot cancels (`cancel N` in its chat or terminal)",
-                         ok=False, private=True)
-        ok, text = await self.executor.cancel(proposal_id, str(user), channel)
-        if ok:
-            await self.refresh_proposal(proposal_id)
-        return Reply(text, ok=ok, proposal_id=proposal_id, private=not ok)
 
     async def resume(self, user: str, channel: str) -> Reply:
         result = self.approvals.set_paused(False, str(user), channel)
