@@ -43,8 +43,8 @@ def test_sigkill_after_send_then_restart_sends_nothing_twice(tmp_path):
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DATABASE_PATH": str(tmp_path / "chatops.db"), "PAPER_EXCHANGE_URL": url,
            "APPROVAL_MODE": "auto", "CONSOLE_ENABLED": "false", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
-           # The sell starts at the mid and steps toward the bid: seconds here, not minutes.
-           "ORDER_REPRICE_SEC": "2", "ORDER_TIMEOUT_SEC": "20"}
+           # The sell starts at the mid and reaches the bid in two reprices: seconds here, not minutes.
+           "ORDER_REPRICE_SEC": "3", "ORDER_TIMEOUT_SEC": "14", "WEB_PORT": "0"}
     paper = subprocess.Popen([sys.executable, "-m", "chatops", "paper-exchange", "--port", str(port),
                               "--state", str(tmp_path / "paper.json")],
                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -54,7 +54,7 @@ def test_sigkill_between_roll_legs_then_restart_is_a_half_done_roll(tmp_path):
     db = tmp_path / "chatops.db"
     env = {**os.environ, "DATABASE_PATH": str(db), "PAPER_EXCHANGE_URL": url, "CONSOLE_ENABLED": "false",
            "CONSOLE_ALLOWED_USERS": "alice", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", "APPROVAL_TTL_SEC": "5",
-           "ORDER_REPRICE_SEC": "2", "ORDER_TIMEOUT_SEC": "20"}
+           "ORDER_REPRICE_SEC": "3", "ORDER_TIMEOUT_SEC": "14", "WEB_PORT": "0"}
     paper = subprocess.Popen([sys.executable, "-m", "chatops", "paper-exchange", "--port", str(port),
                               "--state", str(tmp_path / "paper.json")],
                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
