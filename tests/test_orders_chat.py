@@ -1,4 +1,4 @@
-"""`/cancel N` from Telegram and Slack (allowlisted users) cancels proposal N's working order on the
+"""`/cancel N` from Telegram and `/cc cancel N` from Slack (allowlisted users) cancels proposal N's working order on the
 exchange, records who did it, and edits the card to its final state; a stranger is refused. The
 real client libraries against fake Telegram / Slack servers; the paper exchange in process."""
 
@@ -38,9 +38,9 @@ async def test_telegram_cancel_cancels_the_working_order(tmp_path):
 async def test_slack_cancel_cancels_the_working_order(tmp_path):
     async with slack.running(tmp_path) as h:
         pid = await _working(h, lambda pid, card: h.press(slack.ALICE, slack.ACTION_APPROVE, pid, card))
-        url = await h.command(slack.STRANGER, "/cancel", str(pid))
+        url = await h.command(slack.STRANGER, "/cc", f"cancel {pid}")
         assert "Not authorized" in str(await h.answer(url)) and h.status(pid) == "executing"
-        url = await h.command(slack.ALICE, "/cancel", str(pid))
+        url = await h.command(slack.ALICE, "/cc", f"cancel {pid}")
         assert f"Cancel of #{pid}" in str(await h.answer(url))
         row = h.store.get_proposal(pid)
         assert row.status == "failed" and f"cancelled by {slack.ALICE}" in row.status_reason
