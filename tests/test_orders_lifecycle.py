@@ -69,7 +69,9 @@ async def test_a_partial_fill_then_cancel_ends_executed_saying_how_much(tmp_path
         assert ex["status"] == "partially_filled"
         (pos,) = await h.client.get_positions("BTC")
         assert pos.signed_size == -0.1
-        assert "partly filled 0.1" in h.out.getvalue()  # told in chat
+        # The terminal tells it on the card's own line (Telegram and Slack get a line per fill too).
+        assert "order BTC-1 cancelled, filled 0.1 at" in h.out.getvalue()
+        assert [e["reason"] for e in h.bot.store.list_events(proposal_id=p.id, kind="order_partial_fill")]
 
 
 async def test_an_adverse_drift_while_repricing_cancels(tmp_path):
