@@ -336,15 +336,13 @@ def _m004_authority(db: Database) -> None:
             chain_backfill(db.conn, table)
 
 
-<<<<<<< HEAD
 def _m006_history_index(db: Database) -> None:
     """The policy's history reads executed proposals of a window, newest last: an index that ends
     the scan at the window instead of at the first executed proposal ever."""
     db.execute("CREATE INDEX IF NOT EXISTS idx_proposals_history ON proposals(underlying, status, updated_at)")
 
-=======
+
 from .orders import _m005_order_tracking  # noqa: E402  (its DDL lives with its records)
->>>>>>> main
 
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
