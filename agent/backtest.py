@@ -251,8 +251,9 @@ async def run_backtest(spec: BacktestSpec, settings: Settings, model: PricePath,
             await b.driver.start()
             b.start_equity = (await b.client.get_account_summary(spec.currency)).equity
         for n in range(total):
-            clock.set(spec.start_ms + n * spec.interval_ms)
+            t = spec.start_ms + n * spec.interval_ms
             for b in books:
+                clock.set(t)  # each book decides at the tick's time (a book's order follow-up moves the clock on)
                 decision = await b.driver.tick()
                 if decision is None:
                     b.failed_ticks += 1

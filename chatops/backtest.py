@@ -63,6 +63,15 @@ class BotDriver:
 
     async def tick(self) -> Decision | None:
         _, decision = await self.bot.tick()
+        # What the scheduler's sweep does between ticks live: follow a working order to a final
+        # state, repricing every ORDER_REPRICE_SEC of market time until ORDER_TIMEOUT_SEC.
+        clock, s = self.bot.exchange.clock, self.bot.settings
+        start = clock.now_ms()
+        step = int(max(s.order_reprice_sec, 1.0) * 1000)
+        while self.bot.store.proposals_in_status("executing") and clock.now_ms() - start <= s.order_timeout_sec * 1000:
+            clock.set(clock.now_ms() + step)  # type: ignore[attr-defined]
+            await self.bot.sweep()
+        await self.bot.sweep()
         return decision
 
     async def stop(self) -> None:
