@@ -49,6 +49,18 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
+COINS = ("BTC", "ETH")
+# Deribit's minimum option trade per coin (and the size step): an order size must be a multiple.
+MIN_TRADE = {"BTC": 0.1, "ETH": 1.0}
+# Settings a coin may override with NAME_<COIN> (DEFAULT_ORDER_SIZE_ETH=2): `Settings.for_underlying`.
+PER_COIN = ("default_order_size", "max_expiry_exposure", "max_net_delta_abs", "auto_approve_max_size",
+            "min_premium", "min_open_interest")
+# A coin's own default where the plain default does not fit it (ETH trades in whole coins). Used
+# when neither NAME_<COIN> nor the plain NAME is set.
+COIN_DEFAULTS: dict[str, dict[str, float]] = {
+    "ETH": {"default_order_size": 1.0, "max_expiry_exposure": 5.0, "max_net_delta_abs": 10.0},
+}
+
 
 class ConfigError(Exception):
     """A bad configuration value; the message is one line meant for the operator."""
@@ -64,13 +76,16 @@ class Settings(BaseSettings):
     deribit_base_url: str = "https://test.deribit.com"
     deribit_client_id: SecretStr | None = None
     deribit_client_secret: SecretStr | None = None
+    # UNDERLYING=BTC or ETH or a comma list (BTC,ETH): one bot, one tick per coin. `underlying` is
+    # the first (or, in a view from for_underlying, that coin); `underlyings` all of them.
     underlying: Literal["BTC", "ETH"] = "BTC"
+    underlyings: tuple[Literal["BTC", "ETH"], ...] = ("BTC",)
     dry_run: bool | None = None  # None: true for deribit, false for paper
 
     # Paper exchange (EXCHANGE=paper). With PAPER_EXCHANGE_URL set, the bot talks to a paper
     # exchange served by `chatops paper-exchange`; otherwise it runs one in process.
     paper_exchange_url: str | None = None
-    paper_state_path: str | None = None  # default data/paper_exchange_<UNDERLYING>.json
+    paper_state_path: str | None = None  # default data/paper_exchange.json (both coins, one state)
     paper_seed: int = 7
     paper_equity: float = Field(1.0, ge=0)
     paper_speed: float | None = Field(None, gt=0)  # simulated clock speed factor; None = wall time
@@ -124,6 +139,19 @@ class Settings(BaseSettings):
     max_expiry_exposure: float = Field(0.5, ge=0)
     max_state_age_sec: float = Field(30.0, gt=0)
     max_slippage_pct: float = Field(10.0, ge=0, le=100)  # BTC option spreads are wide: 1 tick of 0.0005 is ~4 % of a 0.012 premium
+    # Per coin (PER_COIN): NAME_BTC / NAME_ETH override NAME for that coin; None: NAME (or COIN_DEFAULTS)
+    default_order_size_btc: float | None = Field(None, gt=0)
+    default_order_size_eth: float | None = Field(None, gt=0)
+    max_expiry_exposure_btc: float | None = Field(None, ge=0)
+    max_expiry_exposure_eth: float | None = Field(None, ge=0)
+    max_net_delta_abs_btc: float | None = Field(None, ge=0)
+    max_net_delta_abs_eth: float | None = Field(None, ge=0)
+    auto_approve_max_size_btc: float | None = Field(None, gt=0)
+    auto_approve_max_size_eth: float | None = Field(None, gt=0)
+    min_premium_btc: float | None = Field(None, ge=0)
+    min_premium_eth: float | None = Field(None, ge=0)
+    min_open_interest_btc: float | None = Field(None, ge=0)
+    min_open_interest_eth: float | None = Field(None, ge=0)
 
     # Loop and approvals
     loop_interval_sec: float = Field(300.0, ge=1)
@@ -195,6 +223,27 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
+    def _split_underlyings(cls, data: Any) -> Any:
+        """UNDERLYING=BTC,ETH -> underlying BTC (the first), underlyings (BTC, ETH)."""
+        if not isinstance(data, dict):
+            return data
+        key = next((k for k in data if str(k).lower() == "underlying"), None)
+        raw = data.get(key) if key is not None else None
+        if not isinstance(raw, str):
+            return data
+        parts = [p.strip().upper() for p in raw.split(",") if p.strip()]
+        out = {k: v for k, v in data.items() if k != key}
+        bad = [p for p in parts if p not in COINS]
+        if bad or not parts:  # the field's own check names the bad value
+            out["underlying"] = bad[0] if bad else raw
+            return out
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"UNDERLYING={raw!r} names a coin twice")
+        out["underlying"], out["underlyings"] = parts[0], tuple(parts)
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
     def _apply_profile(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
@@ -218,7 +267,31 @@ class Settings(BaseSettings):
             # Even a dry run reads the account and positions, which are private methods.
             raise ValueError("EXCHANGE=deribit needs DERIBIT_CLIENT_ID and DERIBIT_CLIENT_SECRET (an API key with "
                              "account:read, and trade:read_write unless DRY_RUN) from test.deribit.com")
+        if self.underlying not in self.underlyings:  # Settings(underlying="ETH") given directly
+            object.__setattr__(self, "underlyings", (self.underlying,))
+        for coin in self.underlyings:
+            size = self.for_underlying(coin).default_order_size
+            step = MIN_TRADE[coin]
+            if size < step - 1e-12 or abs(size / step - round(size / step)) > 1e-6:
+                name = f"DEFAULT_ORDER_SIZE_{coin}" if getattr(self, f"default_order_size_{coin.lower()}") else "DEFAULT_ORDER_SIZE"
+                raise ValueError(f"{name}={size:g} cannot trade {coin} options: a size is a multiple of {step:g} "
+                                 f"{coin} (set DEFAULT_ORDER_SIZE_{coin})")
         return self
+
+    def for_underlying(self, coin: str) -> "Settings":
+        """These settings as one coin sees them: `underlying` is that coin and each PER_COIN value
+        is NAME_<COIN> if set, else NAME if set, else the coin's default (COIN_DEFAULTS), else NAME's."""
+        coin = coin.upper()
+        if coin not in self.underlyings:
+            raise ValueError(f"{coin} is not traded here (UNDERLYING={','.join(self.underlyings)})")
+        update: dict[str, Any] = {"underlying": coin}
+        for name in PER_COIN:
+            own = getattr(self, f"{name}_{coin.lower()}")
+            if own is not None:
+                update[name] = own
+            elif name not in self.model_fields_set and name in COIN_DEFAULTS.get(coin, {}):
+                update[name] = COIN_DEFAULTS[coin][name]
+        return self.model_copy(update=update)
 
     # Derived values -----------------------------------------------------------------------
 
@@ -236,7 +309,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_paper_state_path(self) -> str:
-        return self.paper_state_path or str(Path("data") / f"paper_exchange_{self.underlying}.json")
+        return self.paper_state_path or str(Path("data") / "paper_exchange.json")
 
     @property
     def effective_console_users(self) -> tuple[str, ...]:

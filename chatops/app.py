@@ -61,15 +61,30 @@ class Bot:
         # explicitly (tests, embedding), only the one passed (or set on .web before start).
         self.web = web
         self._web_from_settings = channels is None and web is None and bool(settings.web_port)
+        # UNDERLYING=BTC,ETH: each coin its own tick on its own view of the settings (sizes, limits).
+        self.views = {c: settings.for_underlying(c) for c in settings.underlyings}
         self.ticks_done = 0
-        self.exchange_failures = 0
-        self.last_tick_error: str | None = None
+        self.ticks_by: dict[str, int] = {c: 0 for c in self.views}
+        self.failures_by: dict[str, int] = {c: 0 for c in self.views}
+        self.errors_by: dict[str, str | None] = {c: None for c in self.views}
         self._tick_lock = asyncio.Lock()
         self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
 
     def now(self):
         return to_datetime(self.exchange.clock.now_ms())
+
+    @property
+    def underlyings(self) -> tuple[str, ...]:
+        return tuple(self.views)
+
+    @property
+    def exchange_failures(self) -> int:
+        return max(self.failures_by.values())
+
+    @property
+    def last_tick_error(self) -> str | None:
+        return next((e for e in self.errors_by.values() if e), None)
 
     @property
     def channels(self):
@@ -134,27 +149,37 @@ class Bot:
 
     # --- jobs -------------------------------------------------------------------------------------
 
-    async def tick(self) -> tuple[int | None, Decision | None]:
-        """One decision: build state, decide, check, record, propose. Never raises."""
+    async def tick(self, underlying: str | None = None) -> tuple[int | None, Decision | None]:
+        """One decision for one coin (default: the first of UNDERLYING): build state, decide, check,
+        record, propose. Never raises. Ticks of different coins take turns on the one client."""
+        coin = (underlying or self.settings.underlying).upper()
+        if coin not in self.views:
+            raise ValueError(f"{coin} is not traded here (UNDERLYING={','.join(self.views)})")
+        on = f" ({coin})" if len(self.views) > 1 else ""
         async with self._tick_lock:
             try:
-                return await self._tick()
+                return await self._tick(coin)
             except DeribitError as exc:
-                self.exchange_failures += 1
-                self.last_tick_error = str(exc)
-                self.store.append_event("tick_failed", actor="agent", channel="scheduler", reason=str(exc)[:500])
-                log.error("tick failed: %s", exc)
-                if self.exchange_failures == 3:
-                    await self.core.notify("watchdog", f"The exchange failed 3 ticks in a row: {exc}")
+                self.failures_by[coin] += 1
+                self.errors_by[coin] = str(exc)
+                self.store.append_event("tick_failed", actor="agent", channel="scheduler", reason=f"{coin}: {exc}"[:500])
+                log.error("tick%s failed: %s", on, exc)
+                if self.failures_by[coin] == 3:
+                    await self.core.notify("watchdog", f"The exchange failed 3 ticks in a row{on}: {exc}")
                 return None, None
             except Exception as exc:  # a tick that raises is recorded and the loop goes on
-                self.last_tick_error = f"{type(exc).__name__}: {exc}"
-                self.store.append_event("tick_failed", actor="agent", channel="scheduler", reason=self.last_tick_error[:500])
-                log.exception("tick failed")
+                self.errors_by[coin] = f"{type(exc).__name__}: {exc}"
+                self.store.append_event("tick_failed", actor="agent", channel="scheduler",
+                                        reason=f"{coin}: {self.errors_by[coin]}"[:500])
+                log.exception("tick%s failed", on)
                 return None, None
 
-    async def _tick(self) -> tuple[int | None, Decision | None]:
-        settings = self.settings
+    async def tick_all(self) -> list[tuple[int | None, Decision | None]]:
+        """One tick per coin, in UNDERLYING order."""
+        return [await self.tick(c) for c in self.views]
+
+    async def _tick(self, coin: str) -> tuple[int | None, Decision | None]:
+        settings = self.views[coin]
         history = self.store.history_for_policy(settings.underlying, self.now())
         brain = await self.llm.tick_brain()  # None: the rules decide (rule mode, or the budget is spent)
         off = "daily token budget spent" if brain is None and self.llm.drives else None
@@ -162,8 +187,9 @@ class Bot:
                                   llm_brain=brain, llm_off_reason=off)
         decision_id = self.store.record_decision(decision)
         self.ticks_done += 1
-        self.exchange_failures = 0
-        self.last_tick_error = None
+        self.ticks_by[coin] += 1
+        self.failures_by[coin] = 0
+        self.errors_by[coin] = None
         await self._check_llm_fallbacks(decision)
         result = self.approvals.propose(decision_id, decision)
         for old in result.superseded:
@@ -222,10 +248,13 @@ class Bot:
             by_status[p.status] = by_status.get(p.status, 0) + 1
         text = (f"Daily summary: {len(decisions)} ticks, {len(props)} proposals "
                 f"({', '.join(f'{v} {k}' for k, v in sorted(by_status.items())) or 'none'}).")
-        last = self.store.last_decision()
-        if last and last.get("state"):
-            st = last["state"]
-            text += f" Equity {st.get('eq', 0):.4f} {self.settings.underlying}, {len(st.get('pos') or [])} open positions."
+        for coin in self.views:
+            last = self.store.last_decision(underlying=coin)
+            if last and last.get("state"):
+                st = last["state"]
+                n = sum(1 for p in props if p.underlying == coin and p.status == "executed")
+                text += (f" {coin}: equity {st.get('eq', 0):.4f} {coin}, {len(st.get('pos') or [])} open positions"
+                         + (f", {n} executed" if len(self.views) > 1 else "") + ".")
         await self.core.notify("daily_summary", text)
 
     def watchdog_problem(self) -> str | None:

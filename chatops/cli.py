@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--reason")
     ps = sub.add_parser("pause", help="kill switch on: no proposals, no executions")
     ps.add_argument("--reason")
-    sub.add_parser("resume", help="kill switch off")
+    ps.add_argument("--underlying", type=str.upper, choices=["BTC", "ETH"], help="pause one coin only")
+    rs = sub.add_parser("resume", help="kill switch off")
+    rs.add_argument("--underlying", type=str.upper, choices=["BTC", "ETH"], help="resume one coin only")
 
     au = sub.add_parser("audit", help="review decisions, proposals and events; export; verify")
     asub = au.add_subparsers(dest="audit_cmd", required=True)
@@ -59,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         lp.add_argument("--until")
         lp.add_argument("--limit", type=int, default=50)
         lp.add_argument("--json", action="store_true")
+        if table != "events":
+            lp.add_argument("--underlying", type=str.upper, choices=["BTC", "ETH"], help="one coin's rows only")
         if table == "decisions":
             lp.add_argument("--action")
         if table == "proposals":
@@ -102,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--host", default="127.0.0.1")
     pe.add_argument("--port", type=int, default=8765)
     pe.add_argument("--reset", action="store_true", help="start from a fresh account")
-    pe.add_argument("--state", help="state file (default PAPER_STATE_PATH or data/paper_exchange_<UNDERLYING>.json)")
+    pe.add_argument("--state", help="state file, both coins (default PAPER_STATE_PATH or data/paper_exchange.json)")
     pe.add_argument("--speed", type=float, help="simulated time at this speed factor (default: wall time)")
     return p
 
@@ -156,7 +160,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if cmd in ("approve", "reject"):
             return _vote(store, settings, cmd, args.id, getattr(args, "reason", None))
         if cmd in ("pause", "resume"):
-            return _pause(store, settings, cmd, getattr(args, "reason", None))
+            return _pause(store, settings, cmd, getattr(args, "reason", None), args.underlying)
         if cmd == "audit":
             return _audit(store, settings, args)
     finally:
@@ -196,11 +200,15 @@ async def _tick(settings: Settings, as_json: bool) -> int:
 
             store = Store(settings.database_path)
             llm = LLMWiring(settings, store)
-        brain = await llm.tick_brain() if llm is not None else None
-        off = "daily token budget spent" if llm is not None and llm.drives and brain is None else None
-        decision = await run_tick(ex.client, settings, clock=ex.clock, llm_brain=brain, llm_off_reason=off)
-        for rec in decision.llm_calls:  # no decision row (a tick by hand proposes nothing): the calls count
-            llm.record(rec, "shadow" if decision.shadow_action is not None else "drive")  # type: ignore[union-attr]
+        decisions = []
+        for coin in settings.underlyings:  # UNDERLYING=BTC,ETH: one decision per coin, in order
+            brain = await llm.tick_brain() if llm is not None else None
+            off = "daily token budget spent" if llm is not None and llm.drives and brain is None else None
+            decision = await run_tick(ex.client, settings.for_underlying(coin), clock=ex.clock, llm_brain=brain,
+                                      llm_off_reason=off)
+            for rec in decision.llm_calls:  # no decision row (a tick by hand proposes nothing): the calls count
+                llm.record(rec, "shadow" if decision.shadow_action is not None else "drive")  # type: ignore[union-attr]
+            decisions.append(decision)
     finally:
         await ex.aclose()
         if llm is not None:
@@ -209,7 +217,8 @@ async def _tick(settings: Settings, as_json: bool) -> int:
             store.close()
     from .redact import redact  # an LLM error text may echo a key: printed only through the one redactor
 
-    print(redact(decision.model_dump_json(indent=2) if as_json else format_decision(decision, settings)))
+    for decision in decisions:
+        print(redact(decision.model_dump_json(indent=2) if as_json else format_decision(decision, settings)))
     return 0
 
 
@@ -217,7 +226,7 @@ def format_decision(d, settings: Settings) -> str:
     st = d.state
     fa = d.final_action
     lines = [
-        f"{settings.trading_tag} tick at {d.timestamp:%Y-%m-%d %H:%M:%S} UTC on {settings.underlying} "
+        f"{settings.trading_tag} tick at {d.timestamp:%Y-%m-%d %H:%M:%S} UTC on {d.underlying} "
         f"({d.requests} requests, {d.timings_ms.get('total_ms', 0):.0f} ms)",
         f"  spot {st['spot']:,.0f}  forward {st['fwd']:,.0f}  equity {st['eq']:.4f}  margin used {st['mu']:.1f}%  "
         f"options delta {st['od']:+.3f}",
@@ -246,9 +255,12 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
         last = store.last_decision()
         stats = store.llm_stats(now.replace(microsecond=0) - _duration("24h"))
         if as_json:
-            print(json.dumps({"paused": store.get_flag("paused", "0") == "1", "last_decision": last,
-                              "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
-                              "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats}, default=str, indent=2))
+            out = {"paused": store.get_flag("paused", "0") == "1", "last_decision": last,
+                   "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
+                   "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats}
+            if len(settings.underlyings) > 1:  # a block per coin
+                out["underlyings"] = {c: _coin_status(store, c, now) for c in settings.underlyings}
+            print(json.dumps(out, default=str, indent=2))
             return 0
         live = {}
         if stats.get("calls"):
@@ -268,6 +280,13 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
     return 0
 
 
+def _coin_status(store, coin: str, now: datetime) -> dict[str, Any]:
+    last = store.last_decision(underlying=coin)
+    return {"paused": store.get_flag(f"paused:{coin}", "0") == "1", "last_decision_id": last["id"] if last else None,
+            "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
+            "pending": [r.id for r in store.pending_proposals(coin)]}
+
+
 def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> int:
     from .approvals import ApprovalService
 
@@ -278,11 +297,11 @@ def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> 
     return 0 if result.ok else 1
 
 
-def _pause(store, settings: Settings, cmd: str, reason: str | None) -> int:
+def _pause(store, settings: Settings, cmd: str, reason: str | None, underlying: str | None = None) -> int:
     from .approvals import ApprovalService
 
     svc = ApprovalService(store, settings)
-    result = svc.set_paused(cmd == "pause", os_user(), "cli", reason)
+    result = svc.set_paused(cmd == "pause", os_user(), "cli", reason, underlying)
     if not result.ok:
         print(result.message, file=sys.stderr)
         return 1
@@ -347,12 +366,13 @@ def _audit(store, settings: Settings, args) -> int:
         return 0
     since, until = _when(args.since), _when(args.until)
     if sub == "decisions":
-        rows = store.list_decisions(since=since, until=until, action=args.action, limit=args.limit)
-        headers = ["id", "ts", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
+        rows = store.list_decisions(since=since, until=until, action=args.action, limit=args.limit,
+                                    underlying=args.underlying)
+        headers = ["id", "ts", "underlying", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
     elif sub == "proposals":
         rows = [asdict(r) for r in store.list_proposals(status=args.status, since=since, until=until, action=args.action,
-                                                        limit=args.limit)]
-        headers = ["id", "created_at", "action", "symbol", "size", "status", "status_reason"]
+                                                        limit=args.limit, underlying=args.underlying)]
+        headers = ["id", "created_at", "underlying", "action", "symbol", "size", "status", "status_reason"]
     else:
         rows = store.list_events(since=since, until=until, proposal_id=args.proposal, kind=args.kind, limit=args.limit)
         headers = ["id", "ts", "kind", "proposal_id", "actor", "channel", "reason"]

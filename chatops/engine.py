@@ -99,18 +99,19 @@ class Executor:
             return ExecOutcome(pid, "skipped", f"not approved ({row.status if row else 'unknown'})")
         action = Action.model_validate_json(row.action_json)
         now = to_datetime(self.exchange.clock.now_ms())
-        if self.approvals.is_paused():
+        if self.approvals.is_paused(action.underlying):
             return ExecOutcome(pid, "skipped", "paused")
+        settings = self.settings.for_underlying(action.underlying)  # that coin's sizes and limits
         if now > row.expires_at:
             return self._block(pid, "expired before it could execute")
 
         # Fresh state, risk again, price drift.
         try:
             history = self.store.history_for_policy(action.underlying, now)
-            state = await build_agent_state(self.exchange.client, self.settings, clock=self.exchange.clock, history=history)
+            state = await build_agent_state(self.exchange.client, settings, clock=self.exchange.clock, history=history)
         except DeribitError as exc:
             return self._block(pid, f"could not read a fresh state: {exc}")
-        risk = check_action_allowed(state, action, self.settings, now=to_datetime(self.exchange.clock.now_ms()))
+        risk = check_action_allowed(state, action, settings, now=to_datetime(self.exchange.clock.now_ms()))
         if not risk.allowed:
             return self._block(pid, "risk re-check failed: " + "; ".join(risk.reasons))
         drift = price_drift(action, state)
@@ -118,7 +119,7 @@ class Executor:
             return self._block(pid, f"price moved {drift[0]:.1f}% of the premium against us ({drift[1]}), "
                                     f"more than MAX_PRICE_DRIFT_PCT {self.settings.max_price_drift_pct:g}%")
 
-        if self.approvals.is_paused():  # paused while we re-checked: nothing leaves
+        if self.approvals.is_paused(action.underlying):  # paused while we re-checked: nothing leaves
             return ExecOutcome(pid, "skipped", "paused")
         # The claim recounts the distinct approving persons against the proposal's own quorum.
         claimed, why = self.store.claim_for_execution(pid, reason="re-check passed" + (
@@ -129,7 +130,7 @@ class Executor:
                 return ExecOutcome(pid, "blocked", why)
             return ExecOutcome(pid, "skipped", why or "another executor claimed it")
         try:
-            result = await execute_action(self.exchange.client, action, row.label, self.settings)
+            result = await execute_action(self.exchange.client, action, row.label, settings)
         except Exception as exc:  # a bug must not leave the proposal `executing` until a restart
             log.exception("execution of #%d raised", pid)
             result = ExecutionResult(status=ExecutionStatus.FAILED, dry_run=self.settings.effective_dry_run,

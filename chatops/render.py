@@ -150,7 +150,7 @@ def proposal_card(v: ProposalView, tag: str, now: datetime) -> Card:
         sections.append(("Execution", execution_text(v.execution)))
 
     return Card(
-        title=f"#{v.id} {ACTION_TITLES[a.action]}",
+        title=f"#{v.id} {ACTION_TITLES[a.action]} - {a.underlying}",
         tag=tag,
         fields=tuple(fields),
         sections=tuple(sections),
