@@ -134,3 +134,35 @@ async def test_the_daily_summary_and_status_cover_both(tmp_path):
         assert status.startswith("[PAPER] BTC,ETH covered calls")
         btc_block, eth_block = status.split("\nETH: ")
         assert "spot 95," in btc_block.split("BTC: ", 1)[1] and "equity 27.1429 ETH" in eth_block
+
+
+async def test_eth_alone_opens_a_covered_call_with_the_defaults(tmp_path):
+    """UNDERLYING=ETH on the embedded paper exchange: the defaults (size 1 ETH) trade."""
+    from tests.spine_helpers import make_bot
+
+    bot = make_bot(tmp_path, underlying="ETH")
+    await bot.start()
+    try:
+        _, decision = await bot.tick()
+        assert decision.final_action.action.value == "OPEN_COVERED_CALL" and decision.final_action.size == 1.0
+        (p,) = bot.store.pending_proposals()
+        await bot.core.approve(p.id, "alice", "console")
+        await bot.core.drain()
+        assert bot.store.get_proposal(p.id).status == "executed"
+        (pos,) = await bot.exchange.client.get_positions("ETH")
+        assert pos.size == -1.0
+    finally:
+        await bot.stop()
+
+
+def test_one_state_file_for_both_coins_adopts_an_old_per_coin_file(tmp_path, caplog):
+    from agent.deribit.paper import PaperExchange
+
+    old = PaperExchange(clock=SimClock(), state_path=str(tmp_path / "paper_exchange_BTC.json"), seed=11)
+    old.set_index(80_000.0, "BTC")
+    old._save()
+    (tmp_path / "paper_exchange_ETH.json").write_text((tmp_path / "paper_exchange_BTC.json").read_text())
+    new = PaperExchange(clock=SimClock(), state_path=str(tmp_path / "paper_exchange.json"))
+    assert (tmp_path / "paper_exchange.json").exists() and not (tmp_path / "paper_exchange_BTC.json").exists()
+    assert new.markets["BTC"].params.seed == 11 and set(new.accounts) == {"BTC", "ETH"}
+    assert "paper_exchange_ETH.json is no longer read" in caplog.text
