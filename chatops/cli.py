@@ -129,13 +129,15 @@ def _parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="review decisions, proposals and events; export; verify")
     asub = au.add_subparsers(dest="audit_cmd", required=True)
     for table in ("decisions", "proposals", "events"):
-        lp = asub.add_parser(table, help=f"list {table}, newest first")
+        # A short usage line: with --underlying the full one wraps past the one-line error.
+        lp = asub.add_parser(table, help=f"list {table}, newest first", usage="%(prog)s [options] (-h lists them)")
         lp.add_argument("--since", help=_SINCE_HELP)
         lp.add_argument("--until", help=_UNTIL_HELP)
         lp.add_argument("--limit", type=_positive_int, default=50, help="at most this many rows (default 50)")
         lp.add_argument("--json", action="store_true", help=_JSON_HELP)
         if table != "events":
-            lp.add_argument("--underlying", type=str.upper, choices=["BTC", "ETH"], help="one coin's rows only")
+            lp.add_argument("--underlying", type=str.upper, choices=["BTC", "ETH"], metavar="COIN",
+                            help="one coin's rows only: BTC or ETH")
         if table == "decisions":
             lp.add_argument("--action", help=f"only this final action: {', '.join(ACTION_NAMES)} (or open, roll, close, nothing)")
         if table == "proposals":
