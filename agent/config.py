@@ -281,10 +281,10 @@ class Settings(BaseSettings):
         for coin in self.underlyings:
             size = self.for_underlying(coin).default_order_size
             step = MIN_TRADE[coin]
-            if size < step - 1e-12 or abs(size / step - round(size / step)) > 1e-6:
+            if size < step - 1e-12:  # above it, the policy rounds down to a multiple of the minimum
                 name = f"DEFAULT_ORDER_SIZE_{coin}" if getattr(self, f"default_order_size_{coin.lower()}") else "DEFAULT_ORDER_SIZE"
-                raise ValueError(f"{name}={size:g} cannot trade {coin} options: a size is a multiple of {step:g} "
-                                 f"{coin} (set DEFAULT_ORDER_SIZE_{coin})")
+                raise ValueError(f"{name}={size:g} is below the {coin} minimum trade of {step:g} {coin}: no {coin} "
+                                 f"call could be sold (set DEFAULT_ORDER_SIZE_{coin})")
         return self
 
     def for_underlying(self, coin: str) -> "Settings":

@@ -86,8 +86,8 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("max_slippage_pct", "a sell is never priced below the mark minus this % (a buy never above plus)"),
     ],
     "Per coin (NAME_BTC / NAME_ETH override NAME for that coin)": [
-        ("default_order_size_btc", "DEFAULT_ORDER_SIZE for BTC (a multiple of 0.1)", "DEFAULT_ORDER_SIZE"),
-        ("default_order_size_eth", "DEFAULT_ORDER_SIZE for ETH (a multiple of 1)", "DEFAULT_ORDER_SIZE if set, else 1"),
+        ("default_order_size_btc", "DEFAULT_ORDER_SIZE for BTC (at least 0.1; rounded down to a multiple)", "DEFAULT_ORDER_SIZE"),
+        ("default_order_size_eth", "DEFAULT_ORDER_SIZE for ETH (at least 1; rounded down to a whole number)", "DEFAULT_ORDER_SIZE if set, else 1"),
         ("max_expiry_exposure_btc", "MAX_EXPIRY_EXPOSURE for BTC", "MAX_EXPIRY_EXPOSURE"),
         ("max_expiry_exposure_eth", "MAX_EXPIRY_EXPOSURE for ETH", "MAX_EXPIRY_EXPOSURE if set, else 5"),
         ("max_net_delta_abs_btc", "MAX_NET_DELTA_ABS for BTC", "MAX_NET_DELTA_ABS"),

@@ -311,8 +311,10 @@ class Bot:
             if last and last.get("state"):
                 st = last["state"]
                 n = sum(1 for p in props if p.underlying == coin and p.status == "executed")
-                text += (f" {coin}: equity {st.get('eq', 0):.4f} {coin}, {len(st.get('pos') or [])} open positions"
-                         + (f", {n} executed" if len(self.views) > 1 else "") + ".")
+                if len(self.views) == 1:
+                    text += f" Equity {st.get('eq', 0):.4f} {coin}, {len(st.get('pos') or [])} open positions."
+                else:
+                    text += f" {coin}: equity {st.get('eq', 0):.4f} {coin}, {len(st.get('pos') or [])} open positions, {n} executed."
         await self.core.notify("daily_summary", text)
 
     def watchdog_problem(self) -> str | None:

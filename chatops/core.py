@@ -104,7 +104,8 @@ class Core:
 
     def proposal_card(self, pid: int) -> render.Card | None:
         view = self.proposal_view(pid)
-        return render.proposal_card(view, self.tag, self.now()) if view else None
+        show_coin = len(self.settings.underlyings) > 1
+        return render.proposal_card(view, self.tag, self.now(), show_coin) if view else None
 
     async def broadcast_proposal(self, pid: int) -> None:
         card = self.proposal_card(pid)

@@ -47,9 +47,9 @@ def test_a_plain_value_set_applies_to_every_coin(monkeypatch):
 @pytest.mark.parametrize("env,needle", [
     ({"UNDERLYING": "BTC,DOGE"}, "UNDERLYING='DOGE' is not allowed"),
     ({"UNDERLYING": "BTC,btc"}, "names a coin twice"),
-    ({"UNDERLYING": "BTC,ETH", "DEFAULT_ORDER_SIZE_ETH": "0.5"}, "DEFAULT_ORDER_SIZE_ETH=0.5 cannot trade ETH options"),
-    ({"UNDERLYING": "BTC,ETH", "DEFAULT_ORDER_SIZE": "0.3"}, "DEFAULT_ORDER_SIZE=0.3 cannot trade ETH options"),
-    ({"DEFAULT_ORDER_SIZE": "0.05"}, "DEFAULT_ORDER_SIZE=0.05 cannot trade BTC options"),
+    ({"UNDERLYING": "BTC,ETH", "DEFAULT_ORDER_SIZE_ETH": "0.5"}, "DEFAULT_ORDER_SIZE_ETH=0.5 is below the ETH minimum trade of 1 ETH"),
+    ({"UNDERLYING": "BTC,ETH", "DEFAULT_ORDER_SIZE": "0.3"}, "DEFAULT_ORDER_SIZE=0.3 is below the ETH minimum trade"),
+    ({"DEFAULT_ORDER_SIZE": "0.05"}, "DEFAULT_ORDER_SIZE=0.05 is below the BTC minimum trade of 0.1 BTC"),
     ({"UNDERLYING": "BTC,ETH", "MAX_EXPIRY_EXPOSURE_ETH": "-1"}, "MAX_EXPIRY_EXPOSURE_ETH='-1' is not allowed"),
 ])
 def test_bad_coin_settings_are_one_line(monkeypatch, env, needle):
