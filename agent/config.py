@@ -278,14 +278,19 @@ class Settings(BaseSettings):
                              "ALLOW_MAINNET=true to trade there, or use https://test.deribit.com (docs/deribit.md)")
         if self.underlying not in self.underlyings:  # Settings(underlying="ETH") given directly
             object.__setattr__(self, "underlyings", (self.underlying,))
+        return self
+
+    def check_min_trade(self) -> None:
+        """At start-up (the bot, `chatops tick`): a coin whose order size is below its minimum trade
+        could never sell a call; raise ConfigError naming the variable. (The policy alone would
+        only say so on every tick; above the minimum it rounds down to a multiple.)"""
         for coin in self.underlyings:
             size = self.for_underlying(coin).default_order_size
             step = MIN_TRADE[coin]
-            if size < step - 1e-12:  # above it, the policy rounds down to a multiple of the minimum
+            if size < step - 1e-12:
                 name = f"DEFAULT_ORDER_SIZE_{coin}" if getattr(self, f"default_order_size_{coin.lower()}") else "DEFAULT_ORDER_SIZE"
-                raise ValueError(f"{name}={size:g} is below the {coin} minimum trade of {step:g} {coin}: no {coin} "
-                                 f"call could be sold (set DEFAULT_ORDER_SIZE_{coin})")
-        return self
+                raise ConfigError(f"config error: {name}={size:g} is below the {coin} minimum trade of {step:g} {coin}: "
+                                  f"no {coin} call could be sold (set DEFAULT_ORDER_SIZE_{coin})")
 
     def for_underlying(self, coin: str) -> "Settings":
         """These settings as one coin sees them: `underlying` is that coin and each PER_COIN value

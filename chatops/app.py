@@ -98,6 +98,7 @@ class Bot:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.settings.check_min_trade()
         self.approvals.check_startup()
         await self._check_network()
         # Before anything else: settle what a crash left in flight.

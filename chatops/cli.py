@@ -263,6 +263,7 @@ async def _tick(settings: Settings, as_json: bool) -> int:
 
             store = Store(settings.database_path)
             llm = LLMWiring(settings, store)
+        settings.check_min_trade()
         decisions = []
         for coin in settings.underlyings:  # UNDERLYING=BTC,ETH: one decision per coin, in order
             brain = await llm.tick_brain() if llm is not None else None

@@ -53,11 +53,21 @@ def test_a_plain_value_set_applies_to_every_coin(monkeypatch):
     ({"UNDERLYING": "BTC,ETH", "MAX_EXPIRY_EXPOSURE_ETH": "-1"}, "MAX_EXPIRY_EXPOSURE_ETH='-1' is not allowed"),
 ])
 def test_bad_coin_settings_are_one_line(monkeypatch, env, needle):
+    """Bad values stop load_settings; a size below a coin's minimum stops the bot's start-up."""
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError) as e:
-        load_settings(env_file=None)
+        load_settings(env_file=None).check_min_trade()
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+async def test_a_bot_with_an_eth_size_below_one_does_not_start(tmp_path):
+    bot = make_bot(tmp_path, underlying="BTC,ETH", default_order_size_eth=0.5)
+    with pytest.raises(ConfigError, match="DEFAULT_ORDER_SIZE_ETH=0.5 is below the ETH minimum trade"):
+        await bot.start()
+    assert bot.store.list_events(kind="bot_started") == []
+    await bot.exchange.aclose()
+    bot.store.close()
 
 
 def test_cli_status_audit_and_pause_per_coin(tmp_path, monkeypatch, capsys):
