@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     asub = au.add_subparsers(dest="audit_cmd", required=True)
     for table in ("decisions", "proposals", "events"):
         # A short usage line: with --underlying the full one wraps past the one-line error.
-        lp = asub.add_parser(table, help=f"list {table}, newest first", usage="%(prog)s [options] (-h lists them)")
+        lp = asub.add_parser(table, help=f"list {table}, " + ("the latest, in the order they happened" if table == "events"
+                                                               else "newest first"),
+                             usage="%(prog)s [options] (-h lists them)")
         lp.add_argument("--since", help=_SINCE_HELP)
         lp.add_argument("--until", help=_UNTIL_HELP)
         lp.add_argument("--limit", type=_positive_int, default=50, help="at most this many rows (default 50)")
