@@ -14,11 +14,12 @@ from chatops.adapters.console import ConsoleChannel
 from chatops.app import Bot
 from chatops.scheduler import BotRunner
 from tests.fakes.paper_http import paper_http
+from tests.spine_helpers import settle_orders
 
 
 @asynccontextmanager
-async def two_coin_bot(tmp_path, **kw):
-    paper = PaperExchange(clock=SimClock(), state_path=str(tmp_path / "paper.json"))
+async def two_coin_bot(tmp_path, speed: float | None = None, **kw):
+    paper = PaperExchange(clock=SimClock(speed=speed), state_path=str(tmp_path / "paper.json"))
     async with paper_http(paper) as url:
         settings = load_settings(env_file=None, underlying="BTC,ETH", paper_exchange_url=url,
                                  database_path=str(tmp_path / "chatops.db"), console_allowed_users="alice", **kw)
@@ -49,7 +50,7 @@ async def test_one_bot_proposes_for_both_and_an_approval_executes_only_that_one(
         assert [p.id for p in bot.store.pending_proposals()] == [btc[0].id, eth[0].id]
 
         reply = await bot.core.approve(eth[0].id, "alice", "console")
-        await bot.core.drain()
+        await settle_orders(bot)  # a sell starts at the mid and steps to the bid on the simulated clock
         assert reply.ok
         assert bot.store.get_proposal(eth[0].id).status == "executed"
         assert bot.store.get_proposal(btc[0].id).status == "pending"
@@ -79,7 +80,7 @@ async def test_pausing_eth_leaves_btc_trading(tmp_path):
         assert bot.store.pending_proposals("ETH") == []  # paused: no new ETH proposal
         (btc,) = bot.store.pending_proposals("BTC")
         await bot.core.approve(btc.id, "alice", "console")
-        await bot.core.drain()
+        await settle_orders(bot)  # a sell starts at the mid and steps to the bid on the simulated clock
         assert bot.store.get_proposal(btc.id).status == "executed"
         assert len(await bot.exchange.client.get_positions("BTC")) == 1
         assert await bot.exchange.client.get_positions("ETH") == []
@@ -112,12 +113,13 @@ async def test_requests_per_tick_stay_at_five_for_each_coin(tmp_path):
 async def test_a_two_coin_run_ticks_each_coin_and_executes_both(tmp_path):
     """The scheduler runs one tick job per coin (staggered); unattended, each coin's call executes
     within its own limits (ETH's 1 within its AUTO_APPROVE_MAX_SIZE, from its DEFAULT_ORDER_SIZE)."""
-    async with two_coin_bot(tmp_path, approval_mode="auto") as (bot, paper, out):
+    # Market time runs 20x wall time here, so the working orders step to the bid within the run.
+    async with two_coin_bot(tmp_path, speed=20, approval_mode="auto") as (bot, paper, out):
         runner = BotRunner(bot, interval=1, ticks=1)
         await runner.run()
         assert bot.ticks_by == {"BTC": 1, "ETH": 1}
         executed = bot.store.list_proposals(status="executed")
-        assert sorted(p.underlying for p in executed) == ["BTC", "ETH"]
+        assert sorted(p.underlying for p in executed) == ["BTC", "ETH"], bot.store.list_proposals()
         assert {p.size for p in executed} == {0.1, 1.0}
         for coin in ("BTC", "ETH"):
             assert len(await bot.exchange.client.get_positions(coin)) == 1
@@ -147,7 +149,7 @@ async def test_eth_alone_opens_a_covered_call_with_the_defaults(tmp_path):
         assert decision.final_action.action.value == "OPEN_COVERED_CALL" and decision.final_action.size == 1.0
         (p,) = bot.store.pending_proposals()
         await bot.core.approve(p.id, "alice", "console")
-        await bot.core.drain()
+        await settle_orders(bot)  # a sell starts at the mid and steps to the bid on the simulated clock
         assert bot.store.get_proposal(p.id).status == "executed"
         (pos,) = await bot.exchange.client.get_positions("ETH")
         assert pos.size == -1.0
