@@ -18,7 +18,8 @@ from .approvals import ApprovalService
 from .ask import Asker
 from .core import Core
 from .engine import Executor
-from .store import Store
+from .leader import Leadership
+from .store import LeaseLostError, Store, lease_line
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,13 @@ class Bot:
     """One running bot. `await bot.start()`, then ticks and sweeps (by the scheduler or by hand)."""
 
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
-                 channels: list | None = None, llm_client: Any = None) -> None:
+                 channels: list | None = None, llm_client: Any = None, lead: bool = False) -> None:
         self.settings = settings
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
-        self.store = store or Store(settings.database_path, now=self.now)
+        self.store = store or Store(settings.database_target, now=self.now)
+        # With `lead`, this bot acts only while it holds the database's leader lease (chatops/leader.py).
+        self.leader = Leadership(self.store, settings.leader_lease_sec) if lead else None
         if llm_client is None and (settings.llm_enabled or settings.effective_decision_mode != "rule"):
             from agent.llm import make_client
 
@@ -74,6 +77,8 @@ class Bot:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.leader is not None:  # stand by until this bot leads; only then reconcile and start channels
+            await self.leader.wait_until_leader()
         self.approvals.check_startup()
         # Before anything else: settle what a crash left in flight.
         reconciled = await self.executor.reconcile()
@@ -115,7 +120,12 @@ class Bot:
                 log.exception("channel %s did not stop cleanly", ch.name)
         self.core.channels.clear()
         await self.core.drain()  # a press handled while the channels stopped may have started an execution
-        self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
+        try:
+            self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
+        except LeaseLostError:
+            pass  # a deposed leader writes nothing more
+        if self.leader is not None:
+            self.leader.release()
         await self.exchange.aclose()
         if self.llm_client is not None and hasattr(self.llm_client, "close"):
             await self.llm_client.close()
@@ -251,4 +261,6 @@ class Bot:
         problem = self.watchdog_problem()
         if problem:
             out["watchdog"] = problem
+        if self.leader is not None:
+            out["leader"] = lease_line(self.store.lease_status(self.settings.leader_lease_sec))
         return out

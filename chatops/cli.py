@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, StoreBusyError):
             print(f"database busy: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, ConnectionError):  # the database is unreachable (the message names it, without a password)
+            print(str(exc), file=sys.stderr)
+            return 1
         raise
 
 
@@ -128,7 +131,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _paper(settings, args)
     from .store import Store
 
-    store = Store(settings.database_path)
+    store = Store(settings.database_target)
     try:
         if cmd in ("status", "pending"):
             return _status(store, settings, cmd, args.json)
@@ -152,13 +155,14 @@ async def _run(settings: Settings, args) -> int:
     from .app import Bot
     from .scheduler import BotRunner
 
-    bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper))
-    await bot.start()
+    bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper), lead=True)
+    await bot.start()  # stands by until this bot holds the leader lease
+    runner = BotRunner(bot, interval=args.interval, ticks=args.ticks)
     try:
-        await BotRunner(bot, interval=args.interval, ticks=args.ticks).run()
+        await runner.run()
     finally:
         await bot.stop()
-    return 0
+    return 3 if runner.lost_lease else 0
 
 
 async def _tick(settings: Settings, as_json: bool) -> int:
@@ -204,6 +208,7 @@ def format_decision(d, settings: Settings) -> str:
 
 def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
     from .core import status_text
+    from .store import lease_line
 
     now = datetime.now(timezone.utc)
     if cmd == "status":
@@ -212,12 +217,14 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
         if as_json:
             print(json.dumps({"paused": store.get_flag("paused", "0") == "1", "last_decision": last,
                               "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
-                              "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats}, default=str, indent=2))
+                              "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats,
+                              "leader": store.lease_status(settings.leader_lease_sec)}, default=str, indent=2))
             return 0
         live = {}
         if stats.get("calls"):
             fb = stats.get("fallbacks", 0)
             live["llm"] = f"LLM: {stats['calls']} calls in 24 h, {fb} fallbacks ({fb / stats['calls'] * 100:.0f}%)"
+        live["leader"] = lease_line(store.lease_status(settings.leader_lease_sec))
         print(status_text(store, settings, now, live))
         return 0
     rows = store.pending_proposals()
@@ -337,7 +344,7 @@ def _short(v: Any, n: int = 60) -> str:
 def _export(store, args) -> int:
     rows = store.iter_rows(args.table, since=_when(args.since), until=_when(args.until))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
-    total = store.db[args.table].count if args.out else None
+    total = store.count(args.table) if args.out else None
     n = 0
     try:
         writer = None

@@ -32,10 +32,11 @@ class BotRunner:
         self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
         self._watchdog_said: str | None = None
         self._running: set[asyncio.Task] = set()
+        self.lost_lease = False
 
     async def _job(self, coro_fn) -> None:
         """Run one job as a tracked task, so a stop can wait for it."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or not self._leading():
             return
         task = asyncio.current_task()
         if task is not None:
@@ -47,6 +48,20 @@ class BotRunner:
         finally:
             if task is not None:
                 self._running.discard(task)
+
+    def _leading(self) -> bool:
+        """False once this bot cannot be sure it leads: then it stops (a standby takes over)."""
+        leader = self.bot.leader
+        if leader is None or leader.acting():
+            return True
+        self.lost_lease = True
+        self.stopping.set()
+        return False
+
+    async def lease_job(self) -> None:
+        if not self.bot.leader.renew():
+            self.lost_lease = True
+            self.stopping.set()
 
     async def tick_job(self) -> None:
         await self._job(self.bot.tick)
@@ -63,6 +78,8 @@ class BotRunner:
         return not self.bot.store.proposals_in_status("pending", "approved", "executing")
 
     async def watchdog_job(self) -> None:
+        if not self._leading():
+            return
         problem = self.bot.watchdog_problem()
         if problem and problem != self._watchdog_said:
             await self.bot.core.notify("watchdog", problem)
@@ -81,6 +98,9 @@ class BotRunner:
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
                 pass
         s = self.scheduler
+        if self.bot.leader is not None:
+            s.add_job(self.lease_job, "interval", seconds=self.bot.leader.renew_every, id="lease", max_instances=1,
+                      coalesce=True)
         s.add_job(self.tick_job, "interval", seconds=self.interval, id="tick", max_instances=1, coalesce=True,
                   next_run_time=datetime.now(timezone.utc), misfire_grace_time=int(self.interval))
         s.add_job(self.sweep_job, "interval", seconds=SWEEP_EVERY_S, id="sweep", max_instances=1, coalesce=True)

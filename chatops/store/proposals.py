@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 
 from agent.models import Action, ActionType, ExecutionResult
 
+from .db import Database
 from .common import ProposalRow, TRANSITIONS, VoteOutcome, VoteRow, _loads, _model_json, _proposal, _status_tuple, _vote, iso, label_for
 from .base import _order
 
@@ -51,7 +51,7 @@ class ProposalsMixin:
             return self._cas(conn, proposal_id, froms, to_status, actor=actor, channel=channel, reason=reason,
                              data=data)
 
-    def _cas(self, conn: sqlite3.Connection, proposal_id: int, froms: tuple[str, ...], to_status: str, *, actor: str,
+    def _cas(self, conn: Database, proposal_id: int, froms: tuple[str, ...], to_status: str, *, actor: str,
              channel: str, reason: str | None, data: Any = None) -> bool:
         old = conn.execute("SELECT status, decision_id FROM proposals WHERE id = ?", [proposal_id]).fetchone()
         if old is None or old[0] not in froms:
@@ -135,14 +135,14 @@ class ProposalsMixin:
         with self.write() as conn:
             return self._insert_vote(conn, proposal_id, str(user), channel, vote, reason)
 
-    def _insert_vote(self, conn: sqlite3.Connection, proposal_id: int, user: str, channel: str, vote: str,
+    def _insert_vote(self, conn: Database, proposal_id: int, user: str, channel: str, vote: str,
                      reason: str | None) -> bool:
         if vote not in ("approve", "reject"):
             raise ValueError(f"vote must be 'approve' or 'reject', got {vote!r}")
         if conn.execute("SELECT 1 FROM proposals WHERE id = ?", [proposal_id]).fetchone() is None:
             raise ValueError(f"no proposal #{proposal_id}")
-        cur = conn.execute("INSERT OR IGNORE INTO votes (proposal_id, user, channel, vote, reason, ts) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", [proposal_id, user, channel, vote, reason, iso(self._now())])
+        cur = conn.execute('INSERT INTO votes (proposal_id, "user", channel, vote, reason, ts) '
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", [proposal_id, user, channel, vote, reason, iso(self._now())])
         if cur.rowcount != 1:
             return False
         self.append_event("vote", proposal_id=proposal_id, actor=user, channel=channel, reason=reason,
