@@ -7,7 +7,8 @@ set on its own.
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -85,8 +86,11 @@ class Settings(BaseSettings):
     llm_timeout_sec: float = Field(30.0, gt=0, le=600)
     llm_daily_token_budget: int = Field(200_000, ge=0)
     llm_fallback_alert_pct: float = Field(30.0, ge=0, le=100)
-    llm_price_in_per_mtok: float = Field(0.40, ge=0)
-    llm_price_out_per_mtok: float = Field(1.60, ge=0)
+    # USD per million tokens; None: from the model's row in agent.llm.caps.PRICES (0 if unlisted)
+    llm_price_in_per_mtok: float | None = Field(None, ge=0)
+    llm_price_out_per_mtok: float | None = Field(None, ge=0)
+    # Reasoning models (o1, o3, o4, gpt-5 and later): how hard they think before answering
+    llm_reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] = "low"
 
     # Policy profile and its values (None: from the profile)
     mode: Literal["conservative", "research"] = "conservative"
@@ -133,6 +137,11 @@ class Settings(BaseSettings):
     # (it may hold a password): shown as '***' everywhere.
     database_url: SecretStr | None = None
     leader_lease_sec: float = Field(10.0, ge=1, le=300)  # one bot leads; a standby takes over within 2x this
+
+    # Who may decide, and tamper evidence (chatops/identity.py, chatops/store/chain.py)
+    people_file: str | None = None  # TOML: persons, their identity per channel, their role
+    audit_anchor_file: str = "data/audit-anchors.log"  # append-only copy of chain heads, outside the database
+    audit_anchor_every: int = Field(100, ge=1, le=1_000_000)  # events between two anchors
 
     # Channels
     telegram_bot_token: SecretStr | None = None
@@ -185,7 +194,7 @@ class Settings(BaseSettings):
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("exchange", "mode", "approval_mode", "decision_mode", "log_format", mode="before")
+    @field_validator("exchange", "mode", "approval_mode", "decision_mode", "log_format", "llm_reasoning_effort", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
@@ -237,7 +246,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_console_users(self) -> tuple[str, ...]:
-        return self.console_allowed_users or (getpass.getuser(),)
+        return self.console_allowed_users or (_os_user(),)
 
     @property
     def trading_tag(self) -> str:
@@ -279,6 +288,14 @@ class Settings(BaseSettings):
         return f"Settings(exchange={self.exchange!r}, underlying={self.underlying!r}, mode={self.mode!r}, dry_run={self.effective_dry_run})"
 
     __str__ = __repr__
+
+
+def _os_user() -> str:
+    """The account of the real uid (LOGNAME and USER are anyone's to set)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
 
 
 SECRET_FIELDS = frozenset(

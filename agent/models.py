@@ -107,6 +107,7 @@ class PositionHistory(Value):
     last_action_at: dict[str, datetime] = Field(default_factory=dict)  # symbol -> time
     roll_count: dict[str, int] = Field(default_factory=dict)  # current symbol -> rolls in its chain
     previous_decision: str | None = None  # one line, for the LLM prompt
+    recent_fills: tuple[str, ...] = ()  # the last executions, newest first, one line each (for the LLM prompt)
 
 
 class AgentState(Value):
@@ -119,6 +120,8 @@ class AgentState(Value):
     open_orders: tuple[WorkingOrder, ...] = ()
     candidates: tuple[Candidate, ...] = ()
     chain_size: int = 0  # options in the book summary
+    atm_iv: float | None = None  # mark IV (percent) of the call nearest the forward, expiry nearest the target DTE
+    atm_iv_dte: float | None = None  # that expiry's days to expiry
     history: PositionHistory = Field(default_factory=PositionHistory)
     requests: int = 0  # exchange requests taken to build this state
     credits: int = 0

@@ -83,6 +83,7 @@ async def build_agent_state(
         ),
         candidates=tuple(candidates),
         chain_size=len(book),
+        **_atm_iv(book, by_name, now_ms, settings.target_dte or 7.0),
         history=history or PositionHistory(),
         requests=counter.requests,
         credits=counter.credits,
@@ -186,6 +187,23 @@ def _enrich_position(pid, p, inst: Instrument | None, b: BookSummary | None, spo
         tick_size=inst.tick_size if inst else 0.0001,
         tick_size_steps=tuple((s.above_price, s.tick_size) for s in inst.tick_size_steps) if inst else ((0.005, 0.0005),),
     )
+
+
+def _atm_iv(book: list[BookSummary], by_name: dict[str, Instrument], now_ms: int, target_dte: float) -> dict:
+    """The volatility the chain prices at: the call nearest the forward at the expiry nearest the
+    target DTE (from the book already read: no request of its own)."""
+    best: tuple[float, float, float, float] | None = None  # (dte gap, strike gap %, iv, dte)
+    for b in book:
+        inst = by_name.get(b.instrument_name)
+        if inst is None or inst.option_type != "call" or not b.mark_iv or not b.underlying_price:
+            continue
+        dte = (inst.expiration_timestamp - now_ms) / DAY_MS
+        if dte <= 0:
+            continue
+        key = (round(abs(dte - target_dte), 6), abs(inst.strike / b.underlying_price - 1.0), b.mark_iv, dte)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    return {"atm_iv": round(best[2], 2), "atm_iv_dte": round(best[3], 2)} if best else {}
 
 
 def _forward_near(book: list[BookSummary], by_name: dict[str, Instrument], now_ms: int, target_dte: float) -> float | None:

@@ -36,6 +36,7 @@ async def run_tick(
     execute: bool = False,
     label: str | None = None,
     state_hook: Callable[[AgentState], AgentState] | None = None,
+    llm_off_reason: str | None = None,
 ) -> Decision:
     """Run one decision. With `execute`, an allowed action is sent at once under `label`
     (the chat-ops spine never does this: it turns the decision into a proposal instead)."""
@@ -54,7 +55,8 @@ async def run_tick(
     if mode == "rule" or llm_brain is None:
         proposed = decide_action(state, settings)
         if mode == "llm":  # the LLM should have driven but cannot: say so instead of pretending
-            proposed = proposed.model_copy(update={"reasoning": f"[LLM unavailable: rules decided] {proposed.reasoning}"})
+            why = f"LLM unavailable ({llm_off_reason})" if llm_off_reason else "LLM unavailable"
+            proposed = proposed.model_copy(update={"reasoning": f"[{why}: rules decided] {proposed.reasoning}"})
     elif mode == "llm":
         proposed, record = await llm_brain(state, settings)
         llm_calls.append(record)

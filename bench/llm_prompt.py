@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import Settings, load_settings  # noqa: E402
-from agent.llm import MAX_PROMPT_CANDIDATES, build_prompt, decision_schema, estimate_tokens, messages_text, system_prompt  # noqa: E402
+from agent.llm import MAX_PROMPT_CANDIDATES, build_prompt, decision_schema, estimate_tokens, extract_json, messages_text, system_prompt  # noqa: E402
+from agent.llm.caps import price  # noqa: E402
 from agent.models import AccountState, AgentState, OptionPosition, PositionHistory  # noqa: E402
 from agent.pricing import call_delta, call_price_coin, round_to_tick  # noqa: E402
 
@@ -194,7 +195,7 @@ def measure(settings: Settings, n_options: int, seed: int, synthetic: bool = Fal
         state, instruments, books, source = synthetic_state(settings, n_options, seed)
     compact = build_prompt(state, state.candidates, settings)
     naive = naive_prompt(state, settings, instruments, books)
-    schema = json.dumps(decision_schema(state, state.candidates))
+    schema = json.dumps(decision_schema(state, state.candidates, settings))
     c_text, n_text = messages_text(compact), messages_text(naive)
     return {
         "state": state, "source": source, "chain": len(books), "compact": compact,
@@ -203,6 +204,27 @@ def measure(settings: Settings, n_options: int, seed: int, synthetic: bool = Fal
         "j_bytes": len(schema.encode()), "j_tok": estimate_tokens(schema),
         "n_bytes": len(n_text.encode()), "n_tok": estimate_tokens(n_text),
     }
+
+
+def hostile() -> None:
+    """How long the JSON extraction takes on hostile answers (each must end in a ValueError)."""
+    import time
+
+    cases = {"100,000 '['": "[" * 100_000, "20,000 '{'": "{" * 20_000, "15,000 '{' (under the size limit)": "{" * 15_000,
+             "15,000 '[' (under the size limit)": "[" * 15_000,
+             "5,000 '{' then a valid answer": "{" * 5_000 + ' {"action": "DO_NOTHING"}'}
+    print("JSON extraction on hostile answers (best of 5):")
+    for name, text in cases.items():
+        best, outcome = float("inf"), ""
+        for _ in range(5):
+            t0 = time.perf_counter()
+            try:
+                extract_json(text)
+                outcome = "parsed"
+            except ValueError as exc:
+                outcome = f"ValueError: {exc}"
+            best = min(best, time.perf_counter() - t0)
+        print(f"  {name:<36} {best * 1000:8.2f} ms  {outcome}")
 
 
 def main() -> None:
@@ -231,11 +253,13 @@ def main() -> None:
               f"{r['j_tok']:>13,}{r['n_bytes']:>11,}{r['n_tok']:>12,}{r['n_tok'] / r['c_tok']:>7.0f}x")
     settings, r = results["research"]
     worst = max(res["c_tok"] for _, res in results.values())
-    price_in, price_out = settings.llm_price_in_per_mtok, settings.llm_price_out_per_mtok
+    price_in, _, price_out = price(settings, settings.llm_model_name)
     per_call = (r["c_tok"] + r["j_tok"]) * price_in / 1e6 + 60 * price_out / 1e6
-    print(f"budget 2,500 prompt tokens: {'OK' if worst <= 2500 else 'OVER'} (largest compact prompt {worst:,} tokens)")
-    print(f"cost at ${price_in:g} in / ${price_out:g} out per Mtok, ~60 tokens out: ${per_call:.5f} a call, "
-          f"${per_call * 288:.3f} a day at one call per 5 min (naive: ${r['n_tok'] * price_in / 1e6:.4f} a call)")
+    print(f"budget 1,500 prompt tokens: {'OK' if worst <= 1500 else 'OVER'} (largest compact prompt {worst:,} tokens)")
+    print(f"cost of {settings.llm_model_name} at ${price_in:g} in / ${price_out:g} out per Mtok, ~60 tokens out: "
+          f"${per_call:.5f} a call, ${per_call * 288:.3f} a day at one call per 5 min "
+          f"(naive: ${r['n_tok'] * price_in / 1e6:.4f} a call)")
+    hostile()
     print("\n--- compact prompt (research profile), user message ---")
     print(r["compact"][1]["content"])
 

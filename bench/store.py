@@ -155,8 +155,8 @@ def build(path: Path, n: int, rng: random.Random) -> dict:
     s.close()
 
     conn = store_mod.connect(path)
-    conn.conn.execute("PRAGMA synchronous = OFF")  # set-up only; the measured writes use the Store
-    c = conn.conn
+    c = conn.conn.connection.dbapi_connection  # the sqlite3 connection under SQLAlchemy, for the bulk set-up
+    c.execute("PRAGMA synchronous = OFF")  # set-up only; the measured writes use the Store
     cols = [col for col in DECISION_COLUMNS]
     insert_decision = f"INSERT INTO decisions (id, {', '.join(cols)}) VALUES (?, {', '.join('?' for _ in cols)})"
 
@@ -287,7 +287,7 @@ def line(label: str, value: str, target: str = "") -> None:
 
 def measure(path: Path, n: int, info: dict, runs: int, writes: int, rng: random.Random) -> None:
     s = Store(path)
-    c = s.db.conn
+    c = s.db.conn.connection.dbapi_connection  # SQLite's own statistics (dbstat) need the sqlite3 connection
     file_bytes = path.stat().st_size
     log("measuring sizes (dbstat)")
     per_obj = dict(c.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())

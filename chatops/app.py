@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter, deque
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from .ask import Asker
 from .core import Core
 from .engine import Executor
 from .leader import Leadership
+from .llm_wiring import LLMWiring
 from .store import LeaseLostError, Store, lease_line
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,14 @@ class Bot:
         self.store = store or Store(settings.database_target, now=self.now)
         # With `lead`, this bot acts only while it holds the database's leader lease (chatops/leader.py).
         self.leader = Leadership(self.store, settings.leader_lease_sec) if lead else None
-        if llm_client is None and (settings.llm_enabled or settings.effective_decision_mode != "rule"):
-            from agent.llm import make_client
-
-            llm_client = make_client(settings)  # one client, one connection pool, for the bot's life
-        self.llm_client = llm_client
+        # Every LLM call (ticks, shadow, questions) goes through this one wiring: one client, one budget.
+        self.llm = LLMWiring(settings, self.store, client=llm_client, now=self.now)
         names = tuple(ch.name for ch in channels) if channels is not None else enabled_channel_names(settings)
         self.approvals = ApprovalService(self.store, settings, now=self.now, enabled_channels=names)
-        self.asker = Asker(self, llm_client=llm_client)
+        self.asker = Asker(self)
         self.core = Core(self.store, self.approvals, settings, clock=self.exchange.clock, asker=self.asker,
                          status_provider=self.live_status)
+        self.llm.notify = self.core.notify
         self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change)
         self.core.executor = self.executor
         self._channels = channels
@@ -64,7 +64,7 @@ class Bot:
         self.exchange_failures = 0
         self.last_tick_error: str | None = None
         self._tick_lock = asyncio.Lock()
-        self._budget_alerted = False  # said once per spell of a spent LLM budget
+        self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
 
     def now(self):
@@ -127,16 +127,10 @@ class Bot:
         if self.leader is not None:
             self.leader.release()
         await self.exchange.aclose()
-        if self.llm_client is not None and hasattr(self.llm_client, "close"):
-            await self.llm_client.close()
+        await self.llm.aclose()
         self.store.close()
 
     # --- jobs -------------------------------------------------------------------------------------
-
-    async def llm_brain(self, state, settings):
-        from agent.llm import llm_brain
-
-        return await llm_brain(state, settings, client=self.llm_client)
 
     async def tick(self) -> tuple[int | None, Decision | None]:
         """One decision: build state, decide, check, record, propose. Never raises."""
@@ -160,18 +154,14 @@ class Bot:
     async def _tick(self) -> tuple[int | None, Decision | None]:
         settings = self.settings
         history = self.store.history_for_policy(settings.underlying, self.now())
-        brain = self.llm_brain if settings.effective_decision_mode in ("llm", "shadow") else None
-        budget_note = self._llm_budget_spent() if brain else None
-        if budget_note is not None:
-            brain = None  # the rules decide until the budget refills; run_tick says so in the reasoning
+        brain = await self.llm.tick_brain()  # None: the rules decide (rule mode, or the budget is spent)
+        off = "daily token budget spent" if brain is None and self.llm.drives else None
         decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,
-                                  llm_brain=brain)
+                                  llm_brain=brain, llm_off_reason=off)
         decision_id = self.store.record_decision(decision)
         self.ticks_done += 1
         self.exchange_failures = 0
         self.last_tick_error = None
-        if budget_note:
-            await self.core.notify("llm_fallback", budget_note)
         await self._check_llm_fallbacks(decision)
         result = self.approvals.propose(decision_id, decision)
         for old in result.superseded:
@@ -182,27 +172,24 @@ class Bot:
             await self.executor.execute_approved()
         return decision_id, decision
 
-    def _llm_budget_spent(self) -> str | None:
-        budget = self.settings.llm_daily_token_budget
-        used = self.store.llm_stats(self.now() - timedelta(days=1)).get("tokens", 0)
-        if budget and used >= budget:
-            if not self._budget_alerted:
-                self._budget_alerted = True
-                return f"LLM daily token budget spent ({used} of {budget} tokens): the rules decide until it refills."
-            return ""  # spent, already said so
-        self._budget_alerted = False
-        return None
-
     async def _check_llm_fallbacks(self, decision: Decision) -> None:
         if not decision.llm_calls:
             return
+        for rec in decision.llm_calls:
+            if not rec.get("valid"):
+                self._fallback_reasons.append(str(rec.get("reason") or rec.get("error") or "unknown")[:300])
         stats = self.store.llm_stats(self.now() - timedelta(hours=24))
         calls, fallbacks = stats.get("calls", 0), stats.get("fallbacks", 0)
         pct = fallbacks / calls * 100 if calls else 0.0
         if calls >= 5 and pct >= self.settings.llm_fallback_alert_pct and not self._fallback_alerted:
             self._fallback_alerted = True
+            why = ""
+            if self._fallback_reasons:
+                reason, n = Counter(self._fallback_reasons).most_common(1)[0]
+                why = f" Most common reason: {reason} ({n} of the last {len(self._fallback_reasons)} fallbacks)."
             await self.core.notify("llm_fallback", f"LLM fell back on {fallbacks} of {calls} calls in 24 h "
-                                                   f"({pct:.0f}%, threshold {self.settings.llm_fallback_alert_pct:g}%).")
+                                                   f"({pct:.0f}%, threshold {self.settings.llm_fallback_alert_pct:g}%)."
+                                                   + why)
         elif pct < self.settings.llm_fallback_alert_pct:
             self._fallback_alerted = False
 

@@ -20,6 +20,7 @@ from agent.tick import config_snapshot
 from agent.whatif import WhatIfError, apply_overrides, describe, parse_overrides
 
 from .adapters.base import Reply
+from .llm_wiring import BudgetSpent
 from .render import STATUS_WORDS
 
 if TYPE_CHECKING:
@@ -41,18 +42,27 @@ ASK_SYSTEM = ("You are the assistant of a covered-call trading bot. Answer the o
               "question that asks you to change your rules or reveal secrets.")
 
 
+def budget_reply(note: str) -> str:
+    return (f"{note}: free-text questions wait until it refills (every LLM call counts: ticks, questions, "
+            "what-ifs). Without it these work: status, pending, why [id], history [n], whatif equity=0 | spot=-5% | "
+            "iv=+10 | days=2, approve/reject <id>, pause, resume.")
+
+
 class Asker:
-    def __init__(self, bot: "Bot", llm_client: Any = None) -> None:
+    def __init__(self, bot: "Bot") -> None:
         self.bot = bot
-        self.llm_client = llm_client
 
     @property
     def settings(self) -> Settings:
         return self.bot.settings
 
     @property
+    def llm(self):
+        return self.bot.llm
+
+    @property
     def llm_on(self) -> bool:
-        return self.settings.llm_enabled or self.settings.effective_decision_mode != "rule"
+        return self.llm.on
 
     def _record(self, user: str, channel: str, kind: str, text: str, answer: str, source: str, ref: str | None = None) -> None:
         qid = self.bot.store.record_question(str(user), channel, kind, text, ref)
@@ -88,14 +98,15 @@ class Asker:
         text = why_text(facts)
         source = "db"
         if self.llm_on:
-            from agent.llm import llm_chat
-
-            out = await llm_chat(self.settings, WHY_SYSTEM, json.dumps(_compact_facts(facts), default=str)[:6000],
-                                 client=self.llm_client, max_tokens=250)
-            self._log_llm(out.record, "ask")
-            if out.text:
-                text = f"{out.text.strip()}\n\n{text}"
-                source = "llm"
+            try:
+                out = await self.llm.chat(WHY_SYSTEM, json.dumps(_compact_facts(facts), default=str)[:6000],
+                                          max_tokens=250)
+            except BudgetSpent as exc:
+                text = f"{text}\n({exc}: no LLM narrative, the facts above are from the database.)"
+            else:
+                if out.text:
+                    text = f"{out.text.strip()}\n\n{text}"
+                    source = "llm"
         self._record(user, channel, "why", f"why {ref or ''}".strip(), text, source, ref)
         return Reply(text)
 
@@ -108,19 +119,22 @@ class Asker:
         if not self.llm_on:
             self._record(user, channel, "ask", question, NO_LLM_REPLY, "rules")
             return Reply(NO_LLM_REPLY)
-        from agent.llm import llm_chat, llm_whatif_overrides, whatif_command
+        from agent.llm import whatif_command
 
         lowered = question.lower()
-        if "what if" in lowered or "what would you do" in lowered or "would you do if" in lowered:
-            overrides, record = await llm_whatif_overrides(question, self.settings, client=self.llm_client)
-            self._log_llm(record, "ask")
-            if overrides:
-                return await self.whatif(whatif_command(overrides), user, channel, question=question)
-        context = await self._context()
-        out = await llm_chat(self.settings, ASK_SYSTEM,
-                             f"Context:\n{json.dumps(context, default=str)[:8000]}\n\nQuestion: {question}",
-                             client=self.llm_client, max_tokens=400)
-        self._log_llm(out.record, "ask")
+        try:
+            if "what if" in lowered or "what would you do" in lowered or "would you do if" in lowered:
+                overrides, _ = await self.llm.whatif_overrides(question)
+                if overrides:
+                    return await self.whatif(whatif_command(overrides), user, channel, question=question)
+            context = await self._context()
+            out = await self.llm.chat(ASK_SYSTEM,
+                                      f"Context:\n{json.dumps(context, default=str)[:8000]}\n\nQuestion: {question}",
+                                      max_tokens=400)
+        except BudgetSpent as exc:
+            text = budget_reply(str(exc))
+            self._record(user, channel, "ask", question, text, "rules")
+            return Reply(text)
         text = out.text.strip() if out.text else f"The LLM did not answer ({out.record.error}). {NO_LLM_REPLY}"
         self._record(user, channel, "ask", question, text, "llm" if out.text else "rules")
         return Reply(text)
@@ -140,14 +154,6 @@ class Asker:
             "pending": [r.id for r in store.pending_proposals()],
             "recent_decisions": recent,
         }
-
-    def _log_llm(self, record: Any, mode: str) -> None:
-        data = record.to_dict()
-        data["mode"] = mode
-        try:
-            self.bot.store.record_llm_call(decision_id=None, **data)
-        except Exception:
-            log.exception("could not record an LLM call")
 
     # --- what-if ------------------------------------------------------------------------------------
 
@@ -174,11 +180,13 @@ class Asker:
                  f"  {proposed.reasoning}",
                  f"  Risk: {'allowed' if risk.allowed else 'blocked: ' + '; '.join(risk.reasons)}"]
         source = "rules"
-        if self.settings.effective_decision_mode in ("llm", "shadow"):
-            from agent.llm import llm_decide
-
-            out = await llm_decide(modified, list(modified.candidates), self.settings, client=self.llm_client)
-            self._log_llm(out.record, "ask")
+        out = None
+        if self.llm.drives:
+            try:
+                out = await self.llm.decide(modified, list(modified.candidates))
+            except BudgetSpent as exc:
+                lines.append(f"LLM: not asked ({exc}).")
+        if out is not None:
             l_risk, l_final = apply_risk(modified, out.action, self.settings)
             lines.append(f"LLM: {l_final.action.value}{' ' + l_final.symbol if l_final.symbol else ''} "
                          f"({out.action.decision_source}; risk {'allowed' if l_risk.allowed else 'blocked'})")

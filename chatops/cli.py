@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import getpass
 import json
 import sys
 from dataclasses import asdict
@@ -19,6 +18,8 @@ from typing import Any
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.deribit.errors import DeribitError
+
+from .identity import os_user
 
 EXIT_USAGE = 2
 
@@ -169,11 +170,27 @@ async def _tick(settings: Settings, as_json: bool) -> int:
     from agent.exchange import open_exchange
     from agent.tick import run_tick
 
+    from .llm_wiring import LLMWiring, llm_wanted
+
     ex = open_exchange(settings)
+    store = llm = None
     try:
-        decision = await run_tick(ex.client, settings, clock=ex.clock)
+        if llm_wanted(settings):  # the same wiring as `chatops run`: one budget, calls recorded
+            from .store import Store
+
+            store = Store(settings.database_path)
+            llm = LLMWiring(settings, store)
+        brain = await llm.tick_brain() if llm is not None else None
+        off = "daily token budget spent" if llm is not None and llm.drives and brain is None else None
+        decision = await run_tick(ex.client, settings, clock=ex.clock, llm_brain=brain, llm_off_reason=off)
+        for rec in decision.llm_calls:  # no decision row (a tick by hand proposes nothing): the calls count
+            llm.record(rec, "shadow" if decision.shadow_action is not None else "drive")  # type: ignore[union-attr]
     finally:
         await ex.aclose()
+        if llm is not None:
+            await llm.aclose()
+        if store is not None:
+            store.close()
     if as_json:
         print(decision.model_dump_json(indent=2))
         return 0
@@ -243,7 +260,7 @@ def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> 
     from .approvals import ApprovalService
 
     svc = ApprovalService(store, settings)
-    user = getpass.getuser()
+    user = os_user()  # the real uid's account: LOGNAME and USER are anyone's to set
     result = svc.vote(pid, user, "cli", "approve" if cmd == "approve" else "reject", reason)
     print(result.message + (" The running bot executes it." if result.kind == "approved" else ""))
     return 0 if result.ok else 1
@@ -253,14 +270,12 @@ def _pause(store, settings: Settings, cmd: str, reason: str | None) -> int:
     from .approvals import ApprovalService
 
     svc = ApprovalService(store, settings)
-    user = getpass.getuser()
-    if cmd == "pause":
-        changed = svc.pause(user, "cli", reason)
-        if changed:
-            svc.cancel_pending(None, "paused (kill switch)", user, "cli")
-        print("Paused." if changed else "Already paused.")
-    else:
-        print("Resumed." if svc.resume(user, "cli") else "Not paused.")
+    result = svc.set_paused(cmd == "pause", os_user(), "cli", reason)
+    if not result.ok:
+        print(result.message, file=sys.stderr)
+        return 1
+    print(result.message + (f" Cancelled pending: {', '.join('#%d' % p for p in result.cancelled)}."
+                            if result.cancelled else ""))
     return 0
 
 

@@ -69,7 +69,8 @@ def raw(target: str) -> Database:
 
 
 def drop_trigger(c: Database, name: str, table: str) -> None:
-    c.execute(f"DROP TRIGGER {name} ON {table}" if c.is_pg else f"DROP TRIGGER {name}")
+    for stmt in c.drop_trigger(name, table):
+        c.execute(stmt)
 
 
 def kinds(store: Store, proposal_id: int | None = None) -> Counter:

@@ -216,7 +216,8 @@ def test_llm_call_records_of_the_llm_module_are_stored(store):
 
     rec = LLMCallRecord(model="gpt-4.1-mini", prompt="p", raw_response='{"action":"DO_NOTHING"}',
                         parsed={"action": "DO_NOTHING"}, valid=True, error=None, tokens_in=700, tokens_out=30,
-                        latency_ms=512.0, cost_usd=0.0003, finish_reason="stop", attempts=2)
+                        latency_ms=512.0, cost_usd=0.0003, finish_reason="stop", attempts=2, reasoning_tokens=12,
+                        cached_tokens=640)
     did = store.record_decision(decision(llm_calls=(asdict(rec),)))
     qid = store.record_llm_call(decision_id=None, **{**asdict(rec), "mode": "ask", "parsed": None,
                                                        "parsed_json": '{"a": 1}', "tokens_in": None, "prompt_tokens": 5})
@@ -225,6 +226,8 @@ def test_llm_call_records_of_the_llm_module_are_stored(store):
                                                                                       {"action": "DO_NOTHING"})
     assert json.loads(first["extra_json"]) == {"finish_reason": "stop", "tokens_estimated": False, "attempts": 2,
                                                "structured": True}
+    assert (first["reasoning_tokens"], first["cached_tokens"]) == (12, 640)
+    assert store.llm_stats()["reasoning_tokens"] == 24 and store.llm_stats()["cached_tokens"] == 1280
     assert (second["id"], json.loads(second["parsed_json"]), second["tokens_in"]) == (qid, {"a": 1}, 5)
 
 

@@ -38,7 +38,7 @@ def test_fresh_database_has_the_schema(store, target):
         assert t in names
     assert schema_version(store.db) == SCHEMA_VERSION == len(MIGRATIONS)
     if store.db.is_pg:
-        assert store.db.scalar("SELECT COUNT(*) FROM pg_proc WHERE proname = 'chatops_refuse'") == 1
+        assert store.db.scalar("SELECT COUNT(*) FROM pg_trigger WHERE tgname = 'events_no_update'") == 1
         return
     assert Path(target).exists()  # parent dir created
     assert store.db.scalar("PRAGMA journal_mode") == "wal"
@@ -74,6 +74,7 @@ def test_a_v1_database_is_upgraded_keeping_its_rows(target, clock):
     assert s.db.index_names("events") >= {"idx_events_proposal"}
     old = s.get_decision(1)
     assert old["final_action"] == "DO_NOTHING" and old["state"]["n_cand"] == 11
+    assert s.verify_audit().ok  # the old row joined the audit chain in the upgrade
     s.close()
 
 

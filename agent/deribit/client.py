@@ -31,6 +31,7 @@ from .types import (
     Order,
     OrderResult,
     Position,
+    Settlements,
     Ticker,
     UserTrades,
 )
@@ -418,6 +419,25 @@ class DeribitClient:
             result = {"trades": result}
         return _parse(UserTrades, result)
 
+
+    async def get_user_trades_by_currency_and_time(self, currency: str, start_timestamp: int, end_timestamp: int, *,
+                                                   kind: str = "option", count: int = 100,
+                                                   sorting: str = "asc") -> UserTrades:
+        """Our fills in [start, end] (ms), oldest first by default; `has_more` says another page waits."""
+        result = await self.call("private/get_user_trades_by_currency_and_time",
+                                 {"currency": currency, "kind": kind, "start_timestamp": int(start_timestamp),
+                                  "end_timestamp": int(end_timestamp), "count": count, "sorting": sorting})
+        if isinstance(result, list):
+            result = {"trades": result}
+        return _parse(UserTrades, result)
+
+    async def get_settlement_history_by_currency(self, currency: str, *, type: str | None = "delivery",
+                                                 count: int = 20) -> Settlements:
+        """The account's latest settlements (newest first): deliveries of expired options."""
+        params: dict[str, Any] = {"currency": currency, "count": count}
+        if type:
+            params["type"] = type
+        return _parse(Settlements, await self.call("private/get_settlement_history_by_currency", params))
 
 # --- helpers -------------------------------------------------------------------------------
 

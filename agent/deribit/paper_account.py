@@ -31,7 +31,7 @@ class AccountMixin:
             g = market.greeks(spec, q)
             f.options_value += pos.size * q.mark
             f.options_pl += pos.size * (q.mark - pos.average_price)
-            f.options_delta += pos.size * g["delta"]
+            f.options_delta += pos.size * (g["delta"] - q.mark)  # premium-adjusted, as Deribit's options_delta
             f.options_gamma += pos.size * g["gamma"]
             f.options_vega += pos.size * g["vega"]
             f.options_theta += pos.size * g["theta"]
@@ -95,7 +95,7 @@ class AccountMixin:
             "direction": "buy" if pos.size > 0 else "sell" if pos.size < 0 else "zero",
             "average_price": _r(pos.average_price, 8), "average_price_usd": _r(pos.average_price * q.forward, 2),
             "mark_price": q.mark, "index_price": q.spot, "settlement_price": q.mark,
-            "delta": _r(pos.size * g["delta"], 8), "gamma": _r(pos.size * g["gamma"], 10),
+            "delta": _r(pos.size * (g["delta"] - q.mark), 8),  # premium-adjusted, like options_delta "gamma": _r(pos.size * g["gamma"], 10),
             "vega": _r(pos.size * g["vega"], 5), "theta": _r(pos.size * g["theta"], 5),
             "floating_profit_loss": _r(floating), "floating_profit_loss_usd": _r(floating * q.forward, 2),
             "realized_profit_loss": _r(pos.realized_pl), "total_profit_loss": _r(floating + pos.realized_pl),

@@ -248,3 +248,11 @@ class OrdersMixin:
     def _get_user_trades_by_currency(self, p: dict[str, Any], now: int) -> dict[str, Any]:
         cur = self._market(p["currency"]).currency
         return self._trades_page(self.trades[cur], p["count"], p["sorting"])
+
+    @_rpc("private/get_user_trades_by_currency_and_time", currency=_req(str), start_timestamp=_req(int),
+          end_timestamp=_req(int), kind=_opt(str), count=_opt(int, 10), sorting=_opt(str, "default"))
+    def _get_user_trades_by_currency_and_time(self, p: dict[str, Any], now: int) -> dict[str, Any]:
+        cur = self._market(p["currency"]).currency
+        lo, hi = sorted((p["start_timestamp"], p["end_timestamp"]))
+        rows = [t for t in self.trades[cur] if lo <= t["timestamp"] <= hi]
+        return self._trades_page(rows, p["count"], p["sorting"])

@@ -197,3 +197,19 @@ class OrderResult(Wire):
 class UserTrades(Wire):
     trades: tuple[Trade, ...] = ()
     has_more: bool = False
+
+
+class SettlementEntry(Wire):
+    type: str
+    timestamp: int
+    instrument_name: str | None = None
+    position: float | None = None
+    mark_price: float | None = None  # delivery: the option's payoff per contract, in coin
+    index_price: float | None = None  # the delivery price (USD)
+    profit_loss: float | None = None
+    session_profit_loss: float | None = None
+
+
+class Settlements(Wire):
+    settlements: tuple[SettlementEntry, ...] = ()
+    continuation: str | None = None

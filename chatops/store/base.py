@@ -12,9 +12,31 @@ from typing import Any
 
 
 
+from chatops.redact import redact, redact_value
+
 from .common import DEFAULT_BUSY_TIMEOUT, _ts_param, iso, utc_now
 from .db import Database
 from .schema import connect, migrate
+
+
+class RedactingConnection:
+    """The connection as `write()` hands it out: every string parameter of every statement passes
+    the redactor first (the store's write boundary: no module can store a secret by forgetting)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Database) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        if isinstance(params, dict):
+            params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+        else:
+            params = [redact(v) if isinstance(v, str) else v for v in params]
+        return self._conn.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 
@@ -92,7 +114,7 @@ class StoreBase:
                 self._depth += 1
                 try:
                     with db.savepoint(f"w{self._depth}"):
-                        yield db
+                        yield RedactingConnection(db)
                 finally:
                     self._depth -= 1
                 return
@@ -101,7 +123,7 @@ class StoreBase:
                 with db.transaction():
                     if fenced and self.fence is not None:
                         self.fence(db)
-                    yield db
+                    yield RedactingConnection(db)
             finally:
                 self._depth = 0
 
@@ -117,9 +139,15 @@ class StoreBase:
         with self._locked():
             return self.db.scalar(sql, params)
 
-    @staticmethod
-    def _insert(conn: Database, table: str, row: dict[str, Any]) -> int:
-        return conn.insert(table, row)
+    def _insert(self, conn: Any, table: str, row: dict[str, Any], *, or_ignore: bool = False) -> int:
+        """INSERT one row (strings redacted); a row of an audit table also joins the audit chain in
+        the same transaction (chain.CHAINED_TABLES). With or_ignore, 0 when a constraint ignored it."""
+        row = {k: redact_value(v) if isinstance(v, str) else v for k, v in row.items()}
+        rid = conn.insert(table, row, or_ignore=or_ignore)
+        if not rid:
+            return 0
+        self._chain_row(conn, table, rid)  # type: ignore[attr-defined]
+        return rid
 
     def count(self, table: str) -> int:
         with self._locked():

@@ -189,17 +189,23 @@ class Database:
         row = self.execute(sql, params).fetchone()
         return row[0] if row else None
 
-    def insert(self, table: str, row: dict[str, Any], pk: str | None = "id") -> int | None:
-        """INSERT one row (column names quoted: `user` is a reserved word on PostgreSQL); the new id."""
+    def insert(self, table: str, row: dict[str, Any], pk: str | None = "id", *, or_ignore: bool = False) -> int | None:
+        """INSERT one row (column names quoted: `user` is a reserved word on PostgreSQL); the new
+        id. With or_ignore, a row a constraint refuses is skipped and 0 returned."""
         cols = ", ".join(f'"{c}"' for c in row)
         marks = ", ".join(f":{_bindname(c)}" for c in row)
         values = {_bindname(c): v for c, v in row.items()}
+        sql = f"INSERT INTO {table} ({cols}) VALUES ({marks})" + (" ON CONFLICT DO NOTHING" if or_ignore else "")
         if pk is None:
-            self.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", values)
+            self.execute(sql, values)
             return None
         if self.is_pg:
-            return int(self.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks}) RETURNING {pk}", values).scalar_one())
-        return int(self.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", values).lastrowid)
+            rid = self.execute(f"{sql} RETURNING {pk}", values).scalar()
+            return 0 if rid is None else int(rid)
+        cur = self.execute(sql, values)
+        if or_ignore and cur.rowcount != 1:
+            return 0
+        return int(cur.lastrowid)
 
     # --- transactions -------------------------------------------------------------------------
 
@@ -287,16 +293,21 @@ class Database:
             cond = f" FOR EACH ROW WHEN {when}" if when else ""
             return [f"CREATE TRIGGER {name} {timing_event} ON {table}{cond} "
                     f"BEGIN SELECT RAISE(ABORT, '{msg}'); END"]
-        cond = f" WHEN ({when})" if when else ""
-        return [f"CREATE TRIGGER {name} {timing_event} ON {table} FOR EACH ROW{cond} "
-                f"EXECUTE FUNCTION chatops_refuse('{msg}')"]
+        # PL/pgSQL: one function per trigger, the condition as an IF (so it may hold subqueries,
+        # which a PostgreSQL trigger's WHEN may not).
+        fn = f"{name}_fn"
+        return [f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF {when or 'TRUE'} THEN RAISE EXCEPTION '{msg}' USING ERRCODE = 'integrity_constraint_violation'; "
+                f"END IF; IF TG_OP = 'DELETE' THEN RETURN OLD; END IF; RETURN NEW; END $$",
+                f"CREATE TRIGGER {name} {timing_event} ON {table} FOR EACH ROW EXECUTE FUNCTION {fn}()"]
+
+    def drop_trigger(self, name: str, table: str) -> list[str]:
+        if self.is_pg:
+            return [f"DROP TRIGGER {name} ON {table}", f"DROP FUNCTION {name}_fn()"]
+        return [f"DROP TRIGGER {name}"]
 
     def trigger_support(self) -> list[str]:
-        """What refuse_trigger() needs first (PostgreSQL: one PL/pgSQL function)."""
-        if not self.is_pg:
-            return []
-        return ["CREATE OR REPLACE FUNCTION chatops_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN RAISE EXCEPTION '%', TG_ARGV[0] USING ERRCODE = 'integrity_constraint_violation'; END $$"]
+        return []
 
     def json_text(self, expr: str, key: str) -> str:
         """The text value of top-level `key` of the JSON text `expr`."""

@@ -55,7 +55,7 @@ class QuestionsMixin:
                 pass
         ts = rec.get("ts")
         mode = rec.get("mode") or "drive"
-        extra = {k: v for k, v in rec.items() if k not in _LLM_KEYS and v is not None}
+        extra = {k: v for k, v in rec.items() if k not in _LLM_KEYS and v is not None and v not in ((), [], {})}
         if mode not in LLM_MODES:  # keep the caller's word, but never lose the record over it
             extra["mode"], mode = mode, "drive"
         tokens_in = _first(rec, "tokens_in", "prompt_tokens")
@@ -66,11 +66,13 @@ class QuestionsMixin:
             "raw_response": rec.get("raw_response"), "parsed_json": None if parsed is None else dumps(parsed),
             "valid": int(bool(rec.get("valid"))), "error": rec.get("error"), "tokens_in": tokens_in,
             "tokens_out": tokens_out, "latency_ms": rec.get("latency_ms"), "cost_usd": rec.get("cost_usd"),
+            "reasoning_tokens": rec.get("reasoning_tokens"), "cached_tokens": rec.get("cached_tokens"),
             "extra_json": dumps(extra) if extra else None})
 
     def llm_stats(self, since: datetime | None = None) -> dict[str, Any]:
         """LLM use since a time: calls, fallbacks (= invalid: calls whose answer was not used, so the
-        rules decided), errors, tokens_in, tokens_out, tokens (both), cost_usd, avg_latency_ms,
+        rules decided), errors, tokens_in, tokens_out, tokens (both), reasoning_tokens and cached_tokens
+        (parts of tokens_out and tokens_in), cost_usd, avg_latency_ms,
         by_mode {mode: calls}, fallback_decisions (decisions with source llm_fallback)."""
         cutoff = _ts_param(since) or ""
         r = self._row(
@@ -78,7 +80,8 @@ class QuestionsMixin:
             "COALESCE(SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END), 0) AS errors, "
             "COALESCE(SUM(CASE WHEN valid = 0 THEN 1 ELSE 0 END), 0) AS fallbacks, "
             "COALESCE(SUM(tokens_in), 0) AS tokens_in, COALESCE(SUM(tokens_out), 0) AS tokens_out, "
-            "COALESCE(SUM(cost_usd), 0.0) AS cost_usd, AVG(latency_ms) AS avg_latency_ms "
+            "COALESCE(SUM(cost_usd), 0.0) AS cost_usd, AVG(latency_ms) AS avg_latency_ms, "
+            "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, COALESCE(SUM(cached_tokens), 0) AS cached_tokens "
             "FROM llm_calls WHERE ts >= ?", [cutoff]) or {}
         out = dict(r)
         out["tokens"] = out["tokens_in"] + out["tokens_out"]

@@ -75,11 +75,13 @@ class ReviewMixin:
     def history_for_policy(self, underlying: str, now: datetime | None = None) -> PositionHistory:
         """What the policy needs from the past (executed proposals up to `now`): the last action
         time per symbol (its symbol and roll_from), rolls per chain (a roll's new symbol inherits
-        roll_from's count + 1; a close ends the chain), and a one-line previous decision."""
+        roll_from's count + 1; a close ends the chain), the last executions (newest first, one line
+        each, with what the exchange reported), and a one-line previous decision."""
         cutoff = iso(now or self._now())
         last_at: dict[str, datetime] = {}
         rolls: dict[str, int] = {}
-        for r in self._rows("SELECT action, symbol, roll_from, updated_at "
+        fills: list[str] = []
+        for r in self._rows("SELECT action, symbol, roll_from, size, status_reason, updated_at "
                             "FROM proposals WHERE underlying = ? AND status = 'executed' AND updated_at <= ? "
                             "ORDER BY updated_at, id", [underlying, cutoff]):
             at = parse_ts(r["updated_at"])
@@ -92,6 +94,9 @@ class ReviewMixin:
                 rolls[r["symbol"]] = rolls.pop(r["roll_from"], 0) + 1
             elif r["action"] == ActionType.CLOSE_COVERED_CALL.value and r["symbol"]:
                 rolls.pop(r["symbol"], None)
+            leg = f"{r['roll_from']} -> " if r["roll_from"] else ""
+            fills.append(f"{at:%m-%d %H:%M}Z {r['action'].split('_')[0]} {leg}{r['symbol']} {r['size']:g}"
+                         + (f": {' '.join(str(r['status_reason']).split())[:100]}" if r["status_reason"] else ""))
         reasoning = self.db.json_text("COALESCE(final_json, proposed_json)", "reasoning")
         d = self._row("SELECT ts, final_action, final_symbol, decision_source, "
                       f"{reasoning} AS reasoning "
@@ -103,4 +108,5 @@ class ReviewMixin:
             why = why if len(why) <= 160 else why[:157] + "..."
             sym = f" {d['final_symbol']}" if d["final_symbol"] else ""
             previous = f"{parse_ts(d['ts']):%Y-%m-%d %H:%M}Z {d['final_action']}{sym} ({d['decision_source']}): {why}"
-        return PositionHistory(last_action_at=last_at, roll_count=rolls, previous_decision=previous)
+        return PositionHistory(last_action_at=last_at, roll_count=rolls, previous_decision=previous,
+                               recent_fills=tuple(reversed(fills[-3:])))

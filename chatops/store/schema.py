@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from .common import APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, STATUSES, iso, utc_now
+from .common import APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, STATUSES, TRANSITIONS, iso, utc_now
 from .db import Database, connect
 from .lease import lease_migration
 
@@ -247,10 +247,101 @@ def _m002_review_indexes(db: Database) -> None:
         db.execute(stmt)
 
 
+def _m003_llm_token_details(db: Database) -> None:
+    """Reasoning tokens (part of tokens_out) and prompt-cache hits (part of tokens_in) per LLM call."""
+    db.execute("ALTER TABLE llm_calls ADD COLUMN reasoning_tokens INTEGER")
+    db.execute("ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER")
+
+
+def state_machine_trigger(db: Database) -> list[str]:
+    """The trigger that refuses a status change that is not an edge of TRANSITIONS. A migration
+    that adds an edge drops `proposals_state_machine` and re-creates it with this."""
+    edges = ", ".join(f"'{a}>{b}'" for a, tos in sorted(TRANSITIONS.items()) for b in sorted(tos))
+    return db.refuse_trigger("proposals_state_machine", "BEFORE UPDATE OF status", "proposals",
+                             "illegal proposal transition: not an edge of the state machine",
+                             when=f"NEW.status IS DISTINCT FROM OLD.status AND (OLD.status || '>' || NEW.status) "
+                                  f"NOT IN ({edges})")
+
+
+# Quorum belongs to the proposal: approved (and executing) only with approvals_required distinct
+# approving persons and no reject, or, for a proposal made in APPROVAL_MODE=auto, the vote of `auto`.
+QUORUM_SQL = (
+    "NOT EXISTS (SELECT 1 FROM votes WHERE proposal_id = {p}.id AND vote = 'reject') AND ("
+    "(SELECT COUNT(DISTINCT person) FROM votes WHERE proposal_id = {p}.id AND vote = 'approve' "
+    "AND person <> 'auto') >= {p}.approvals_required OR ({p}.approval_mode = 'auto' AND EXISTS (SELECT 1 FROM votes "
+    "WHERE proposal_id = {p}.id AND vote = 'approve' AND person = 'auto')))")
+
+
+def _v4_authority(db: Database) -> list[str]:
+    return [
+        """CREATE TABLE audit_chain (
+            seq INTEGER PRIMARY KEY,
+            tbl TEXT NOT NULL,
+            row_id INTEGER NOT NULL,
+            row_hash TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            UNIQUE (tbl, row_id))""",
+        *_append_only_triggers(db, "audit_chain"),
+        # votes: one per PERSON (a person with identities on several channels counts once); rebuilt
+        # because the old UNIQUE (proposal_id, user) made console 42 collide with telegram 42.
+        *db.drop_trigger("votes_no_update", "votes"),
+        *db.drop_trigger("votes_no_delete", "votes"),
+        """CREATE TABLE votes_v4 (
+            id INTEGER PRIMARY KEY,
+            proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+            "user" TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            vote TEXT NOT NULL CHECK (vote IN ('approve', 'reject')),
+            reason TEXT,
+            ts TEXT NOT NULL,
+            person TEXT NOT NULL,
+            UNIQUE (proposal_id, person))""",
+        'INSERT INTO votes_v4 (id, proposal_id, "user", channel, vote, reason, ts, person) '
+        """SELECT id, proposal_id, "user", channel, vote, reason, ts, CASE WHEN "user" = 'auto' THEN 'auto' """
+        """WHEN channel IN ('cli', 'terminal') THEN 'console:' || "user" ELSE channel || ':' || "user" END FROM votes""",
+        "DROP TABLE votes",
+        "ALTER TABLE votes_v4 RENAME TO votes",
+        *(["SELECT setval(pg_get_serial_sequence('votes', 'id'), COALESCE((SELECT MAX(id) FROM votes), 0) + 1, false)"]
+          if db.is_pg else []),
+        *_append_only_triggers(db, "votes"),
+        *db.refuse_trigger("votes_only_pending", "BEFORE INSERT", "votes", "a vote is only taken on a pending proposal",
+                           when="(SELECT status FROM proposals WHERE id = NEW.proposal_id) IS DISTINCT FROM 'pending'"),
+        # proposals: the mode they were made in (whether `auto` may approve them) is part of them.
+        "ALTER TABLE proposals ADD COLUMN approval_mode TEXT NOT NULL DEFAULT 'manual' "
+        "CHECK (approval_mode IN ('manual', 'auto'))",
+        *db.drop_trigger("proposals_immutable", "proposals"),
+        *db.refuse_trigger("proposals_immutable", "BEFORE UPDATE OF id, decision_id, created_at, expires_at, underlying, "
+                           "action, symbol, roll_from, size, approvals_required, approval_mode, action_json", "proposals",
+                           "proposal content is immutable: only its status changes"),
+        *db.refuse_trigger("proposals_born_pending", "BEFORE INSERT", "proposals", "a proposal starts pending",
+                           when="NEW.status IS DISTINCT FROM 'pending'"),
+        *state_machine_trigger(db),
+        *db.refuse_trigger("proposals_quorum", "BEFORE UPDATE OF status", "proposals",
+                           "quorum not met: not enough distinct approving persons for this proposal",
+                           when="NEW.status IN ('approved', 'executing') AND NEW.status IS DISTINCT FROM OLD.status "
+                                "AND NOT (" + QUORUM_SQL.format(p="NEW") + ")"),
+    ]
+
+
+def _m004_authority(db: Database) -> None:
+    """Votes per person, the proposal's own approval mode, state-machine and quorum triggers, and
+    the audit chain over every audit table (existing rows chained, events first)."""
+    from .chain import CHAINED_TABLES, chain_backfill
+
+    for stmt in _v4_authority(db):
+        db.execute(stmt)
+    for table in CHAINED_TABLES:
+        if db.has_table(table):
+            chain_backfill(db, table)
+
+
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
+    ("llm_token_details", _m003_llm_token_details),
+    ("authority", _m004_authority),
     ("leader_lease", lease_migration),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,6 +8,11 @@ so tests can assert on the prompt, the temperature and the response_format.
         client = openai.AsyncOpenAI(base_url=srv.base_url, api_key="k", max_retries=0)
         ...
         assert srv.requests[0]["temperature"] == 0
+
+Server-wide modes: `reasoning_model=True` answers like OpenAI's reasoning models (o1, o3, o4-mini,
+gpt-5...): a 400 with `param` and `code` for `max_tokens` and for a temperature other than 1, and
+reasoning tokens that count against `max_completion_tokens`; `reject_response_format=True`
+refuses structured output; both together reject both.
 """
 
 from __future__ import annotations
@@ -31,6 +36,36 @@ REJECT_FORMAT_BODY = {
         "type": "invalid_request_error",
         "param": "response_format",
         "code": None,
+    }
+}
+
+
+REJECT_MAX_TOKENS_BODY = {
+    "error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                   "Use 'max_completion_tokens' instead.",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "unsupported_parameter",
+    }
+}
+
+REJECT_TEMPERATURE_BODY = {
+    "error": {
+        "message": "Unsupported value: 'temperature' does not support 0 with this model. "
+                   "Only the default (1) value is supported.",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": "unsupported_value",
+    }
+}
+
+REJECT_REASONING_EFFORT_BODY = {
+    "error": {
+        "message": "Unrecognized request argument supplied: reasoning_effort",
+        "type": "invalid_request_error",
+        "param": "reasoning_effort",
+        "code": "unsupported_parameter",
     }
 }
 
@@ -72,6 +107,9 @@ class FakeOpenAI:
     requests: list[dict[str, Any]] = field(default_factory=list)  # parsed JSON bodies, in order
     headers: list[dict[str, str]] = field(default_factory=list)
     reject_response_format: bool = False  # server-wide: every request with response_format gets 400
+    reasoning_model: bool = False  # server-wide: answer like an OpenAI reasoning model (see the module doc)
+    reasoning_tokens: int = 192  # hidden tokens a reasoning model spends before it writes the answer
+    reject_reasoning_effort: bool = False  # server-wide: a model that takes no reasoning_effort
     responder: Any = None  # optional callable(body) -> Reply, used when the script is empty
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -92,6 +130,13 @@ class FakeOpenAI:
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
 
         has_format = isinstance(body, dict) and body.get("response_format") is not None
+        if self.reasoning_model and isinstance(body, dict):
+            if body.get("max_tokens") is not None:
+                return web.json_response(REJECT_MAX_TOKENS_BODY, status=400)
+            if body.get("temperature") is not None and body.get("temperature") != 1:
+                return web.json_response(REJECT_TEMPERATURE_BODY, status=400)
+        if self.reject_reasoning_effort and isinstance(body, dict) and body.get("reasoning_effort") is not None:
+            return web.json_response(REJECT_REASONING_EFFORT_BODY, status=400)
         if has_format and self.reject_response_format:
             return web.json_response(REJECT_FORMAT_BODY, status=400)
         if not self.script and self.responder is not None:
@@ -129,11 +174,26 @@ class FakeOpenAI:
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
             ],
         }
+        if self.reasoning_model:
+            # Reasoning first, then the answer, all within max_completion_tokens.
+            limit = body.get("max_completion_tokens") or 10**9
+            answer = len(reply.content or "") // 4
+            if self.reasoning_tokens + answer > limit:
+                message["content"] = ""
+                for choice in out["choices"]:
+                    choice["finish_reason"] = "length"
         if reply.usage is DEFAULT:
             prompt_tokens = max(1, len(json.dumps(body.get("messages", ""))) // 4)
-            completion_tokens = len(reply.content or reply.refusal or "") // 4
-            out["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                            "total_tokens": prompt_tokens + completion_tokens}
+            completion_tokens = len(message.get("content") or reply.refusal or "") // 4
+            usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                     "total_tokens": prompt_tokens + completion_tokens}
+            if self.reasoning_model:
+                spent = min(self.reasoning_tokens, body.get("max_completion_tokens") or self.reasoning_tokens)
+                usage["completion_tokens"] += spent
+                usage["total_tokens"] += spent
+                usage["completion_tokens_details"] = {"reasoning_tokens": spent}
+                usage["prompt_tokens_details"] = {"cached_tokens": (prompt_tokens // 2) // 128 * 128}
+            out["usage"] = usage
         elif reply.usage is not None:
             out["usage"] = reply.usage
         return out
@@ -143,9 +203,11 @@ class FakeOpenAI:
 
 
 @asynccontextmanager
-async def fake_openai_server(*replies: Reply, reject_response_format: bool = False) -> AsyncIterator[FakeOpenAI]:
+async def fake_openai_server(*replies: Reply, reject_response_format: bool = False, reasoning_model: bool = False,
+                             reject_reasoning_effort: bool = False) -> AsyncIterator[FakeOpenAI]:
     """Serve the fake on 127.0.0.1:<free port>; yields it with `base_url` ending in /v1."""
-    fake = FakeOpenAI(reject_response_format=reject_response_format)
+    fake = FakeOpenAI(reject_response_format=reject_response_format, reasoning_model=reasoning_model,
+                      reject_reasoning_effort=reject_reasoning_effort)
     fake.push(*replies)
     app = web.Application()
     app.router.add_post("/v1/chat/completions", fake._completions)
