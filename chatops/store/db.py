@@ -315,6 +315,12 @@ class Database:
             return f"(({expr})::json ->> '{key}')"
         return f"json_extract({expr}, '$.{key}')"
 
+    def json_number(self, expr: str, key: str) -> str:
+        """The numeric value of top-level `key` of the JSON text `expr`."""
+        if self.is_pg:
+            return f"(({expr})::json ->> '{key}')::double precision"
+        return f"json_extract({expr}, '$.{key}')"
+
     def now_epoch(self) -> str:
         """The database's clock, in seconds since the epoch (one clock for every host)."""
         if self.is_pg:

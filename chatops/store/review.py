@@ -120,8 +120,9 @@ class ReviewMixin:
         cache = self.__dict__.setdefault("_rv_cache", {})
         if key in cache:
             return cache[key]
+        spot = self.db.json_number("d.state_json", "spot")
         rows = self._rows(
-            "SELECT d.ts, json_extract(d.state_json, '$.spot') AS spot FROM decisions d JOIN ("
+            f"SELECT d.ts, {spot} AS spot FROM decisions d JOIN ("
             "SELECT MAX(id) AS id FROM decisions WHERE underlying = ? AND ts >= ? AND ts <= ? "
             "GROUP BY substr(ts, 1, 13)) h ON d.id = h.id ORDER BY d.ts",
             [underlying, iso(end - timedelta(days=30)), iso(end)])
