@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         bindir = pg_bindir()
         if bindir is None:
             sys.exit("no PostgreSQL binaries: apt-get install postgresql, or pass --url")
-        cluster = Cluster(bindir).start()
+        cluster = Cluster(bindir, durable=True).start()
         new_db = cluster.new_database
     else:
         import psycopg

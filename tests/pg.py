@@ -33,8 +33,9 @@ def _free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable  # fsync on (benchmarks); the tests' cluster skips it
         self.dir = Path(tempfile.mkdtemp(prefix="chatops-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
@@ -58,9 +59,11 @@ class Cluster:
             pw = pwd.getpwnam("postgres")
             os.chown(pwfile, pw.pw_uid, pw.pw_gid)
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", USER, f"--pwfile={pwfile}",
-                  "--auth=scram-sha-256", "-E", "UTF8", "--no-sync", "--locale=C")
+                  "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", *([] if self.durable else ["--no-sync"]))
         opts = (f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-                f"-c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+                f"-c max_connections=200")
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-o", opts,
                   "-w", "-t", "60", "start")
         return self
