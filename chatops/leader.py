@@ -31,6 +31,8 @@ class Leadership:
         self.say = say or (lambda line: log.warning("%s", line))
         self.renew_every = lease_sec / 3
         self.poll_every = min(max(lease_sec / 10, 0.2), 2.0)
+        self.lost = asyncio.Event()  # set once this bot lost the lease: its runner stops
+        self._renewer: asyncio.Task | None = None
 
     # --- the lease -------------------------------------------------------------------------
 
@@ -55,12 +57,23 @@ class Leadership:
                 continue
             if st.mine:
                 self.say(f"leader: {self.holder} leads this database (term {st.term}, lease {self.lease_sec:g}s)")
+                # Renew from now on, whatever else this bot is busy with (reconcile, channels starting).
+                self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
                 return st.term
             if said != (st.holder, st.term):
                 said = (st.holder, st.term)
                 self.say(f"standby: {st.holder} leads (term {st.term}); this bot ({self.holder}) takes over if it "
                          f"stops renewing its {self.lease_sec:g}s lease")
             await asyncio.sleep(self.poll_every)
+
+    async def _renew_loop(self) -> None:
+        while self.term is not None:
+            await asyncio.sleep(self.renew_every)
+            if self.term is None:
+                return
+            if not await asyncio.to_thread(self.renew):
+                self.lost.set()
+                return
 
     def renew(self) -> bool:
         """Keep the lease; False (and acting() False from now on) if it was lost."""
@@ -71,7 +84,7 @@ class Leadership:
         except Exception as exc:  # the database is unreachable: keep acting only until the deadline
             log.error("could not renew the leader lease: %s", exc)
             return self.acting()
-        if not st.mine or st.term != self.term:
+        if not st.mine:
             self.lose(f"the lease passed to {st.holder} (term {st.term})")
             return False
         return True
@@ -83,6 +96,7 @@ class Leadership:
         if self.term is not None:
             self.say(f"lost the leader lease (term {self.term}): {why}; stopping")
         self._deadline = 0.0
+        self.lost.set()
 
     def _fence(self, db: Database) -> None:
         if self.term is None or not self.acting():
@@ -91,6 +105,9 @@ class Leadership:
 
     def release(self) -> None:
         """A clean stop: hand the lease back so a standby takes over at once."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
         if self.term is None:
             self.store.forget_bot(self.holder)
             return

@@ -59,7 +59,8 @@ class BotRunner:
         return False
 
     async def lease_job(self) -> None:
-        if not self.bot.leader.renew():
+        """The leadership renews in its own task (from the moment it leads); this only notices a loss."""
+        if self.bot.leader.lost.is_set() or not self.bot.leader.acting():
             self.lost_lease = True
             self.stopping.set()
 
@@ -99,8 +100,8 @@ class BotRunner:
                 pass
         s = self.scheduler
         if self.bot.leader is not None:
-            s.add_job(self.lease_job, "interval", seconds=self.bot.leader.renew_every, id="lease", max_instances=1,
-                      coalesce=True)
+            s.add_job(self.lease_job, "interval", seconds=min(1.0, self.bot.leader.renew_every), id="lease",
+                      max_instances=1, coalesce=True)
         s.add_job(self.tick_job, "interval", seconds=self.interval, id="tick", max_instances=1, coalesce=True,
                   next_run_time=datetime.now(timezone.utc), misfire_grace_time=int(self.interval))
         s.add_job(self.sweep_job, "interval", seconds=SWEEP_EVERY_S, id="sweep", max_instances=1, coalesce=True)
