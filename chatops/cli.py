@@ -33,7 +33,8 @@ PROPOSAL_STATUSES = ("pending", "approved", "executing", "executed", "failed", "
 # Every kind of row the events table holds (tests/test_cli.py checks the code writes no other).
 EVENT_KINDS = ("proposal_created", *(f"proposal_{s}" for s in PROPOSAL_STATUSES if s != "pending"), "vote",
                "execution_recorded", "unauthorized", "unauthorized_vote", "auto_approve_declined", "flag_set",
-               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed")
+               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed",
+               "leader_elected")
 _JSON_HELP = "print JSON instead of text"
 _SINCE_HELP = "from this time: ISO 8601 (2026-11-25T08:00, UTC) or a duration back from now such as 30m, 24h, 7d"
 _UNTIL_HELP = "up to this time: ISO 8601 or a duration back from now"
@@ -216,12 +217,12 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from .store import StoreBusyError
+        from .store import StoreBusyError, StoreUnavailableError
 
         if isinstance(exc, StoreBusyError):
             print(f"database busy: {exc}", file=sys.stderr)
             return 1
-        if isinstance(exc, ConnectionError):  # the database is unreachable (the message names it, without a password)
+        if isinstance(exc, StoreUnavailableError):  # the database is unreachable (named without its password)
             print(str(exc), file=sys.stderr)
             return 1
         raise

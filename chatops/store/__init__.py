@@ -54,6 +54,7 @@ from .messages import MessagesMixin
 from .proposals import ProposalsMixin
 from .questions import QuestionsMixin
 from .review import ReviewMixin
+from .common import StoreUnavailableError
 from .db import Database, redact_url
 from .schema import DECISION_COLUMNS, MIGRATIONS, SCHEMA_VERSION, connect, migrate, schema_version
 
@@ -66,7 +67,7 @@ class Store(EventsMixin, DecisionsMixin, ProposalsMixin, FlagsMixin, QuestionsMi
 
 __all__ = [
     "APPEND_ONLY_TABLES", "Anchor", "AuditReport", "CHAINED_TABLES", "Head", "chained", "parse_head", "read_anchors", "ChainReport", "DECISION_COLUMNS", "FINAL_STATUSES", "GENESIS_HASH", "LABEL_PREFIX",
-    "Database", "redact_url", "LeaseLostError", "LeaseState", "lease_line", "this_holder",
+    "Database", "redact_url", "StoreUnavailableError", "LeaseLostError", "LeaseState", "lease_line", "this_holder",
     "MIGRATIONS", "MessageRef", "OutboxItem", "ProposalRow", "REDACTED", "SCHEMA_VERSION", "STATUSES", "Store",
     "StoreBusyError", "TABLES", "TRANSITIONS", "VoteOutcome", "VoteRow", "assert_no_secrets", "canonical",
     "connect", "dumps", "is_secret_key", "iso", "label_for", "migrate", "parse_ref", "parse_ts", "schema_version",

@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL, Connection, CursorResult, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from .common import DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, StoreBusyError
+from .common import DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, StoreBusyError, StoreUnavailableError
 
 # The advisory lock every PostgreSQL write transaction takes (any 64-bit number, fixed per store).
 PG_WRITE_LOCK = 0x63_63_6F_70_73  # "ccops"
@@ -130,7 +130,7 @@ class Database:
             self.conn: Connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except OperationalError as exc:
             self.engine.dispose()
-            raise ConnectionError(f"cannot open the database {self.display}: {_first_line(exc)}") from None
+            raise StoreUnavailableError(f"cannot open the database {self.display}: {_first_line(exc)}") from None
 
     def _sqlite_pragmas(self, dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
