@@ -76,6 +76,8 @@ def trial(url: str, env: dict, how: int, tmp: Path) -> float:
         time.sleep(0.5)
         t0 = time.monotonic()
         os.kill(a.pid, how)
+        if how == signal.SIGKILL:
+            a.wait()  # reaped, as a supervisor (systemd, a shell) would: the pid is gone
         s = Store(url)
         try:
             while s.count("decisions") < 2:  # the standby's first tick

@@ -92,6 +92,12 @@ def full_store(store, clock):
     store.set_flag("paused", "0", actor="alice", channel="cli")
     store.save_message_ref(p.id, "telegram", 42, 1001)
     store.enqueue_outbox("slack", {"text": "hi"}, "timeout")
+    from agent.orders import Leg, OrderEvent
+
+    leg = Leg(label=p.label, role="single", instrument="BTC-1TEST-100000-C", side="sell", amount=0.1, state="filled",
+              order_id="ord-1", filled=0.1, average_price=0.006)
+    store.save_leg(p.id, 0, leg, [OrderEvent(kind="fill", label=p.label, order_id="ord-1", amount=0.1, filled=0.1,
+                                             text="filled 0.1")])
     return store, p
 
 

@@ -306,7 +306,8 @@ def test_proposal_story(full_store):
     assert story["decision"]["id"] == p.decision_id and story["decision"]["final"]["symbol"] == p.symbol
     assert [(v["user"], v["vote"]) for v in story["votes"]] == [("alice", "approve")]
     assert [e["kind"] for e in story["events"]] == ["proposal_created", "vote", "proposal_approved",
-                                                    "proposal_executing", "execution_recorded", "proposal_executed"]
+                                                    "proposal_executing", "execution_recorded", "proposal_executed",
+                                                    "order_fill"]
     (ex,) = story["executions"]
     assert ex["status"] == "filled" and ex["dry_run"] is False and ex["result"]["message"] == "filled 0.1 at 0.006"
     assert [(o["order_id"], o["label"], o["filled_amount"]) for o in ex["orders"]] == [("ord-1", p.label, 0.1)]

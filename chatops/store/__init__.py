@@ -51,6 +51,7 @@ from .events import EventsMixin
 from .flags import FlagsMixin
 from .lease import LeaseLostError, LeaseMixin, LeaseState, lease_line, this_holder
 from .messages import MessagesMixin
+from .orders import ClaimResult, OrdersMixin
 from .proposals import ProposalsMixin
 from .questions import QuestionsMixin
 from .review import ReviewMixin
@@ -60,13 +61,13 @@ from .schema import DECISION_COLUMNS, MIGRATIONS, SCHEMA_VERSION, connect, migra
 
 
 class Store(EventsMixin, DecisionsMixin, ProposalsMixin, FlagsMixin, QuestionsMixin, MessagesMixin, ReviewMixin,
-            ChainMixin, LeaseMixin, StoreBase):
+            OrdersMixin, ChainMixin, LeaseMixin, StoreBase):
     """The agent's database (SQLite file or PostgreSQL). Safe for one process's threads and
     asyncio loop plus other processes on the same database; see the package docstring for how."""
 
 
 __all__ = [
-    "APPEND_ONLY_TABLES", "Anchor", "AuditReport", "CHAINED_TABLES", "Head", "chained", "parse_head", "read_anchors", "ChainReport", "DECISION_COLUMNS", "FINAL_STATUSES", "GENESIS_HASH", "LABEL_PREFIX",
+    "APPEND_ONLY_TABLES", "Anchor", "AuditReport", "CHAINED_TABLES", "ClaimResult", "Head", "chained", "parse_head", "read_anchors", "ChainReport", "DECISION_COLUMNS", "FINAL_STATUSES", "GENESIS_HASH", "LABEL_PREFIX",
     "Database", "redact_url", "StoreUnavailableError", "LeaseLostError", "LeaseState", "lease_line", "this_holder",
     "MIGRATIONS", "MessageRef", "OutboxItem", "ProposalRow", "REDACTED", "SCHEMA_VERSION", "STATUSES", "Store",
     "StoreBusyError", "TABLES", "TRANSITIONS", "VoteOutcome", "VoteRow", "assert_no_secrets", "canonical",

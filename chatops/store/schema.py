@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from .common import APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, STATUSES, TRANSITIONS, iso, utc_now
+from .common import APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, STATUSES, TRANSITIONS, V1_APPEND_ONLY_TABLES, iso, utc_now
 from .db import Database, connect
 from .lease import lease_migration
 
@@ -236,7 +236,7 @@ def _m001_core(db: Database) -> None:
     """Tables, the decisions_full view and the append-only triggers."""
     for stmt in db.trigger_support() + _V1_CORE + _proposal_triggers(db):
         db.execute(stmt)
-    for table in APPEND_ONLY_TABLES:
+    for table in V1_APPEND_ONLY_TABLES:
         for stmt in _append_only_triggers(db, table):
             db.execute(stmt)
 
@@ -336,12 +336,15 @@ def _m004_authority(db: Database) -> None:
             chain_backfill(db, table)
 
 
+from .orders import _m005_order_tracking  # noqa: E402  (its DDL lives with its records)
+
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
     ("llm_token_details", _m003_llm_token_details),
     ("authority", _m004_authority),
+    ("order_tracking", _m005_order_tracking),
     ("leader_lease", lease_migration),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
