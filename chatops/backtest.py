@@ -55,7 +55,8 @@ class BotDriver:
     def __init__(self, settings: Settings, exchange: Exchange, db_path: Path, llm_client: Any = None) -> None:
         store = Store(db_path, now=lambda: _now(exchange))
         # The run's database is an artefact of the run (rerun to get it again): no fsync per tick.
-        store.db.conn.execute("PRAGMA synchronous=OFF")
+        if not store.db.is_pg:  # always SQLite (a file under --out); guarded all the same
+            store.db.execute("PRAGMA synchronous=OFF")
         self.bot = Bot(settings, exchange=exchange, store=store, channels=[], llm_client=llm_client)
 
     async def start(self) -> None:
