@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -290,9 +291,12 @@ def test_review_queries_use_the_indexes(store):
         "SELECT * FROM decisions WHERE final_action = 'OPEN_COVERED_CALL' ORDER BY ts DESC, id DESC LIMIT 100")
     assert "idx_events_proposal" in plan("SELECT * FROM events WHERE proposal_id = 1 ORDER BY id")
     assert "idx_proposals_status" in plan("SELECT id FROM proposals WHERE status = 'pending' AND expires_at <= 'x'")
-    assert "idx_proposals_underlying_status" in plan(
-        "SELECT * FROM proposals WHERE underlying = 'BTC' AND status = 'executed'") or "idx_proposals_history" in plan(
-        "SELECT * FROM proposals WHERE underlying = 'BTC' AND status = 'executed'")
+    assert re.search(r"idx_proposals_(underlying_status|history)", plan(
+        "SELECT * FROM proposals WHERE underlying = 'BTC' AND status = 'executed'"))
+    # The policy's history: a bounded range of the (underlying, status, updated_at) index.
+    assert "idx_proposals_history (underlying=? AND status=? AND updated_at>? AND updated_at<?)" in plan(
+        "SELECT * FROM proposals WHERE underlying = 'BTC' AND status = 'executed' AND updated_at > 'a' "
+        "AND updated_at <= 'b' ORDER BY updated_at, id")
     assert "sqlite_autoindex_votes" in plan("SELECT * FROM votes WHERE proposal_id = 1")
 
 
