@@ -131,7 +131,8 @@ _SNAPSHOT_KEYS = (
     "exchange", "underlying", "effective_dry_run", "effective_decision_mode", "mode", "llm_model_name",
     "min_dte", "max_dte", "target_dte", "min_delta", "max_delta", "target_delta", "min_otm_pct", "min_premium",
     "min_annual_yield_pct", "max_spread_pct", "min_open_interest", "default_order_size", "max_margin_used_pct",
-    "max_net_delta_abs", "max_expiry_exposure", "approval_mode",
+    "max_net_delta_abs", "max_options_delta_abs", "max_expiry_exposure", "approval_mode", "roll_min_dte",
+    "roll_max_dte", "roll_target_delta", "roll_max_delta",
 )
 
 
