@@ -95,6 +95,15 @@ async def run_tick(
     )
 
 
+POS_KEYS = ("name", "size", "avg", "mark", "delta", "dte")
+CAND_KEYS = ("id", "name", "delta", "dte", "bid", "yield", "score")
+
+
+def named(row: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A stored position or candidate as a dict, whether it has named keys or is an older positional row."""
+    return dict(row) if isinstance(row, dict) else dict(zip(keys, row))
+
+
 def compress_state(state: AgentState, action: Action | None = None, top: int = MAX_PROMPT_CANDIDATES) -> dict[str, Any]:
     """The few numbers worth keeping per tick: account, positions, the best candidates, and the
     full numbers of the instruments the action names (for its card and for `why`)."""
@@ -111,10 +120,11 @@ def compress_state(state: AgentState, action: Action | None = None, top: int = M
         "eq": round(a.equity, 6),
         "mu": round(a.margin_used_pct, 3),
         "od": round(a.options_delta, 4),
-        "pos": [[p.instrument_name, p.size, round(p.average_price, 6), round(p.mark, 6), p.delta, round(p.dte, 3)]
-                for p in state.positions],
-        "cand": [[c.id, c.instrument_name, c.delta, round(c.dte, 2), c.bid, c.annualized_yield_pct, c.score]
-                 for c in state.candidates[:top]],
+        # Named keys (no positional arrays), so SQL can say json_extract(state_json, '$.pos[0].delta').
+        "pos": [{"name": p.instrument_name, "size": p.size, "avg": round(p.average_price, 6), "mark": round(p.mark, 6),
+                 "delta": p.delta, "dte": round(p.dte, 3), "strike": p.strike} for p in state.positions],
+        "cand": [{"id": c.id, "name": c.instrument_name, "delta": c.delta, "dte": round(c.dte, 2), "bid": c.bid,
+                  "yield": c.annualized_yield_pct, "score": c.score} for c in state.candidates[:top]],
         "n_cand": len(state.candidates),
         "chain": state.chain_size,
         "req": state.requests,
@@ -139,7 +149,7 @@ _SNAPSHOT_KEYS = (
 def config_snapshot(settings: Settings) -> dict[str, Any]:
     """The decision-relevant settings (secrets never among them: redacted() is the source)."""
     red = settings.redacted()
-    return {k: red[k] for k in _SNAPSHOT_KEYS}
+    return {k: red[k] for k in _SNAPSHOT_KEYS if red[k] is not None}  # unset limits are left out, as stored
 
 
 def _ms(t0: float) -> float:

@@ -13,12 +13,14 @@ from agent.config import Settings
 from agent.deribit.errors import DeribitError
 from agent.exchange import Exchange, open_exchange
 from agent.models import Decision
-from agent.tick import run_tick
+from agent.tick import POS_KEYS, named, run_tick
 
 from .approvals import ApprovalService
 from .ask import Asker
 from .core import Core
 from .engine import Executor
+from . import pnl as pnl_mod
+from .ledger_service import LedgerService
 from .llm_wiring import LLMWiring
 from .store import Store
 
@@ -63,6 +65,9 @@ class Bot:
         self._tick_lock = asyncio.Lock()
         self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
+        self.ledger = LedgerService(self.store, settings.underlying, self.core.notify)
+        self.run_id: int | None = None
+        self._state = None  # the last tick's AgentState (for the ledger)
 
     def now(self):
         return to_datetime(self.exchange.clock.now_ms())
@@ -83,6 +88,12 @@ class Bot:
         for ch in channels:
             await ch.start(self.core)
             self.core.channels.append(ch)
+        s = self.settings
+        brain = s.effective_decision_mode + (f" ({s.llm_model_name})" if s.effective_decision_mode != "rule" else "")
+        self.run_id = self.store.record_bot_run(
+            underlying=s.underlying, brain=brain, profile=s.mode, dry_run=s.effective_dry_run,
+            exchange=self.exchange.description, approval_mode=s.approval_mode,
+            channels=tuple(c.name for c in self.core.channels))
         self.store.append_event("bot_started", actor="agent", channel="bot",
                                 reason=f"{self.settings.trading_tag} {self.exchange.description}; channels "
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
@@ -115,6 +126,8 @@ class Bot:
                 log.exception("channel %s did not stop cleanly", ch.name)
         self.core.channels.clear()
         await self.core.drain()  # a press handled while the channels stopped may have started an execution
+        if self.run_id is not None:
+            self.store.bot_heartbeat(self.run_id, stopped=True)
         self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
         await self.exchange.aclose()
         await self.llm.aclose()
@@ -147,11 +160,15 @@ class Bot:
         brain = await self.llm.tick_brain()  # None: the rules decide (rule mode, or the budget is spent)
         off = "daily token budget spent" if brain is None and self.llm.drives else None
         decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,
-                                  llm_brain=brain, llm_off_reason=off)
+                                  llm_brain=brain, llm_off_reason=off, state_hook=self._keep_state)
         decision_id = self.store.record_decision(decision)
         self.ticks_done += 1
         self.exchange_failures = 0
         self.last_tick_error = None
+        if self.run_id is not None:
+            self.store.bot_heartbeat(self.run_id)
+        await self._update_ledger()
+        await self._say_once(decision.proposed_action)
         await self._check_llm_fallbacks(decision)
         result = self.approvals.propose(decision_id, decision)
         for old in result.superseded:
@@ -161,6 +178,24 @@ class Bot:
             await self.core.broadcast_proposal(result.proposal_id)
             await self.executor.execute_approved()
         return decision_id, decision
+
+    def _keep_state(self, state):
+        self._state = state
+        return state
+
+    async def _update_ledger(self) -> None:
+        """Fills and settlements since the last tick (none read when nothing changed); never fails the tick."""
+        if self._state is None:
+            return
+        try:
+            await self.ledger.update(self.exchange.client, self._state)
+        except DeribitError as exc:
+            log.warning("ledger: could not read trades or settlements this tick (%s); next tick retries", exc)
+
+    async def _say_once(self, action) -> None:
+        """A notice the policy wants told (e.g. deep in the money, no credit roll): once, not every tick."""
+        if action.notice_key and action.notice and self.store.claim_notice(action.notice_key, "deep_itm", action.notice):
+            await self.core.notify("deep_itm", action.notice)
 
     async def _check_llm_fallbacks(self, decision: Decision) -> None:
         if not decision.llm_calls:
@@ -210,10 +245,13 @@ class Bot:
             by_status[p.status] = by_status.get(p.status, 0) + 1
         text = (f"Daily summary: {len(decisions)} ticks, {len(props)} proposals "
                 f"({', '.join(f'{v} {k}' for k, v in sorted(by_status.items())) or 'none'}).")
-        last = self.store.last_decision()
+        last = self.store.last_decision(underlying=self.settings.underlying)
+        pos = []
         if last and last.get("state"):
             st = last["state"]
-            text += f" Equity {st.get('eq', 0):.4f} {self.settings.underlying}, {len(st.get('pos') or [])} open positions."
+            pos = [named(p, POS_KEYS) for p in st.get("pos") or []]
+            text += f" Equity {st.get('eq', 0):.4f} {self.settings.underlying}, {len(pos)} open positions."
+        text += " " + pnl_mod.daily_text(self.store, self.settings.underlying, self.now(), pos)
         await self.core.notify("daily_summary", text)
 
     def watchdog_problem(self) -> str | None:

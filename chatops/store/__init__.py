@@ -3,7 +3,7 @@
 The package splits the store by job: `common` (vocabulary, row values, helpers), `schema`
 (tables, migrations, the connection), `base` (the lock and the one write path), and one mixin
 module per kind of record (`events`, `decisions`, `proposals`, `flags`, `questions`, `messages`,
-`review`). `Store` puts them together.
+`review`, `ledger`). `Store` puts them together.
 
 Concurrency. One file in WAL mode, shared by the bot's process (an asyncio loop plus threads) and
 short-lived CLI processes (`chatops approve 12`). Every write goes through `Store.write()`:
@@ -38,6 +38,7 @@ from .common import (APPEND_ONLY_TABLES, FINAL_STATUSES, GENESIS_HASH, LABEL_PRE
 from .decisions import DecisionsMixin
 from .events import EventsMixin
 from .flags import FlagsMixin
+from .ledger import LedgerMixin
 from .messages import MessagesMixin
 from .proposals import ProposalsMixin
 from .questions import QuestionsMixin
@@ -46,7 +47,7 @@ from .schema import DECISION_COLUMNS, MIGRATIONS, SCHEMA_VERSION, connect, migra
 
 
 class Store(EventsMixin, DecisionsMixin, ProposalsMixin, FlagsMixin, QuestionsMixin, MessagesMixin, ReviewMixin,
-            StoreBase):
+            LedgerMixin, StoreBase):
     """The agent's SQLite file. Safe for one process's threads and asyncio loop plus other
     processes on the same file; see the package docstring for how."""
 

@@ -256,11 +256,59 @@ def _m003_llm_token_details(db: Database) -> None:
     db.execute("ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER")
 
 
+_V4_LEDGER = [
+    # The exchange's own records, append-only: what the P&L is computed from (agent/ledger.py).
+    """CREATE TABLE ledger_fills (
+        trade_id TEXT PRIMARY KEY, ts TEXT NOT NULL, ts_ms INTEGER NOT NULL, underlying TEXT NOT NULL,
+        instrument_name TEXT NOT NULL, direction TEXT NOT NULL, amount REAL NOT NULL, price REAL NOT NULL,
+        fee REAL NOT NULL, order_id TEXT, label TEXT, index_price REAL, order_state TEXT, recorded_at TEXT NOT NULL)""",
+    """CREATE TABLE ledger_settlements (
+        id INTEGER PRIMARY KEY, ts TEXT NOT NULL, ts_ms INTEGER NOT NULL, underlying TEXT NOT NULL,
+        instrument_name TEXT NOT NULL, position REAL NOT NULL, payoff REAL NOT NULL, delivery_price REAL NOT NULL,
+        cash_flow REAL NOT NULL, type TEXT NOT NULL, recorded_at TEXT NOT NULL,
+        UNIQUE (underlying, instrument_name, ts_ms))""",
+    # One row per tick: equity, the index and the open positions' marks (the P&L's start and end points).
+    """CREATE TABLE account_snapshots (
+        id INTEGER PRIMARY KEY, ts TEXT NOT NULL, ts_ms INTEGER NOT NULL, underlying TEXT NOT NULL,
+        equity REAL NOT NULL, spot REAL NOT NULL, options_value REAL NOT NULL, marks_json TEXT NOT NULL)""",
+    """CREATE TABLE ledger_cursor (
+        underlying TEXT PRIMARY KEY, cursor_json TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+    """CREATE TABLE notices_sent (
+        key TEXT PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL)""",
+    # What each running bot runs with, so `chatops status` describes the bot, not the CLI's settings.
+    """CREATE TABLE bot_runs (
+        id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL, stopped_at TEXT,
+        underlying TEXT NOT NULL, brain TEXT NOT NULL, profile TEXT NOT NULL, dry_run INTEGER NOT NULL,
+        exchange TEXT NOT NULL, approval_mode TEXT NOT NULL, channels TEXT NOT NULL, pid INTEGER, host TEXT)""",
+    "CREATE INDEX idx_ledger_fills_ts ON ledger_fills(underlying, ts_ms)",
+    "CREATE INDEX idx_ledger_settlements_ts ON ledger_settlements(underlying, ts_ms)",
+    "CREATE INDEX idx_account_snapshots_ts ON account_snapshots(underlying, ts_ms)",
+    "CREATE INDEX idx_bot_runs_underlying ON bot_runs(underlying, started_at)",
+    *_append_only_triggers("ledger_fills"),
+    *_append_only_triggers("ledger_settlements"),
+    # Decision state by name, for Datasette and ad-hoc SQL (state_json keeps named keys too).
+    """CREATE VIEW decision_state AS
+        SELECT id, ts, underlying, decision_source, final_action, final_symbol,
+               json_extract(state_json, '$.spot') AS spot, json_extract(state_json, '$.eq') AS equity,
+               json_extract(state_json, '$.od') AS options_delta, json_extract(state_json, '$.mu') AS margin_used_pct,
+               json_extract(state_json, '$.n_cand') AS candidates, json_extract(state_json, '$.sel.instrument_name') AS chosen,
+               json_extract(state_json, '$.sel.delta') AS chosen_delta, json_extract(state_json, '$.sel.dte') AS chosen_dte
+        FROM decisions""",
+]
+
+
+def _m004_ledger(db: Database) -> None:
+    """The ledger (fills, settlements, account snapshots, cursor), notices said once, bot runs."""
+    for stmt in _V4_LEDGER:
+        db.execute(stmt)
+
+
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
     ("llm_token_details", _m003_llm_token_details),
+    ("ledger", _m004_ledger),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
