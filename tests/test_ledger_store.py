@@ -1,0 +1,67 @@
+"""The ledger's tables: records stored once, the cursor, snapshots, notices said once, bot runs;
+and metadata.yml: every table it describes exists and every canned query runs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.ledger import Fill, Mark, Settlement, Snapshot
+from chatops.store import TABLES, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+A = "BTC-4DEC26-100000-C"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "chatops.db")
+    yield s
+    s.close()
+
+
+def test_records_are_stored_once_and_read_back(store):
+    f = Fill("BTC-1", 1_000, A, "sell", 0.1, 0.01, 0.00003, "BTC-9", "cc-x-1", 95_000.0, "filled")
+    s = Settlement(A, 5_000, -0.1, 0.02, 102_000.0)
+    snap = Snapshot(6_000, 0.99, 102_000.0, (Mark(A, -0.1, 0.0),))
+    assert store.record_ledger("BTC", [f], [s], {"trades_ms": 1_000}, snap) == (1, 1)
+    assert store.record_ledger("BTC", [f], [s], {"trades_ms": 1_000}) == (0, 0)  # a re-read adds nothing
+    assert store.ledger_fills("BTC") == [f] and store.ledger_settlements("BTC") == [s]
+    assert store.ledger_cursor("BTC") == {"trades_ms": 1_000} and store.ledger_cursor("ETH") is None
+    assert store.last_snapshot("BTC") == snap and store.snapshots("ETH") == []
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store.db.execute("DELETE FROM ledger_fills")
+
+
+def test_a_notice_is_claimed_once(store):
+    assert store.claim_notice("deep_itm:X", "deep_itm", "deep") is True
+    assert store.claim_notice("deep_itm:X", "deep_itm", "deep") is False
+    assert [n["key"] for n in store.notices_sent("deep_itm")] == ["deep_itm:X"]
+
+
+def test_bot_runs_are_per_underlying(store):
+    rid = store.record_bot_run(underlying="BTC", brain="rule", profile="research", dry_run=False,
+                               exchange="paper (in process)", approval_mode="manual", channels=("telegram",))
+    assert store.last_bot_run("ETH") is None
+    run = store.last_bot_run("BTC")
+    assert (run["id"], run["brain"], run["channels"], run["dry_run"], run["stopped_at"]) == (rid, "rule", ("telegram",), False, None)
+    store.bot_heartbeat(rid, stopped=True)
+    assert store.last_bot_run("BTC")["stopped_at"] is not None
+
+
+def test_metadata_yml_describes_real_tables_and_its_queries_run(store):
+    meta = yaml.safe_load((ROOT / "metadata.yml").read_text())
+    db = meta["databases"]["chatops"]
+    names = {r[0] for r in store.db.conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    assert set(db["tables"]) <= names, set(db["tables"]) - names
+    assert {"premium_per_week", "fills", "decisions_by_source"} <= set(db["queries"])
+    store.record_ledger("BTC", [Fill("BTC-1", 1_764_000_000_000, A, "sell", 0.1, 0.01, 0.00003)], [], {},
+                        Snapshot(1_764_000_000_000, 1.0, 95_000.0))
+    for name, q in db["queries"].items():
+        store.db.conn.execute(q["sql"]).fetchall()  # raises on a bad query
+    week = store.db.conn.execute(db["queries"]["premium_per_week"]["sql"]).fetchone()
+    assert week[2] == pytest.approx(0.001) and week[4] == pytest.approx(0.00003)
+    assert {"ledger_fills", "ledger_settlements", "account_snapshots"} <= set(TABLES)
