@@ -108,7 +108,7 @@ def compress_state(state: AgentState, action: Action | None = None, top: int = M
     """The few numbers worth keeping per tick: account, positions, the best candidates, and the
     full numbers of the instruments the action names (for its card and for `why`)."""
     a = state.account
-    chosen = state.candidate(action.symbol) if action and action.symbol else None
+    chosen = state.roll_candidate(action.symbol) if action and action.symbol else None  # a roll's from its window
     leg = state.position(action.roll_from or action.symbol or "") if action else None
     keep = ("instrument_name", "strike", "expiration_timestamp", "dte", "delta", "bid", "ask", "mark", "bid_usd",
             "otm_pct", "annualized_yield_pct", "open_interest", "spread_pct", "score", "forward", "mark_iv",
