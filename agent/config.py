@@ -7,7 +7,8 @@ set on its own.
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -149,6 +150,11 @@ class Settings(BaseSettings):
     auto_approve_max_size: float | None = Field(None, gt=0)  # None: DEFAULT_ORDER_SIZE
     database_path: str = "data/chatops.db"
 
+    # Who may decide, and tamper evidence (chatops/identity.py, chatops/store/chain.py)
+    people_file: str | None = None  # TOML: persons, their identity per channel, their role
+    audit_anchor_file: str = "data/audit-anchors.log"  # append-only copy of chain heads, outside the database
+    audit_anchor_every: int = Field(100, ge=1, le=1_000_000)  # events between two anchors
+
     # Channels
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: str | None = None
@@ -165,11 +171,20 @@ class Settings(BaseSettings):
     console_allowed_users: CommaList = ()  # empty: the current OS user
     console_enabled: bool | None = None  # None: only when no chat channel is configured
 
+    # Web dashboard and REST API (chatops/web): served by `chatops run` unless WEB_PORT=0
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8080, ge=0, le=65535)
+    web_users_file: str = "data/web-users.json"  # written by `chatops web-user add NAME`
+    web_users: SecretStr | None = None  # or inline: name:scrypt$...,name2:scrypt$... (hashes, never passwords)
+    web_allowed_users: CommaList = ()  # web users who may approve, reject, cancel, pause, resume and ask
+    web_session_hours: float = Field(12.0, gt=0, le=24 * 30)
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("telegram_allowed_user_ids", "slack_allowed_user_ids", "console_allowed_users", mode="before")
+    @field_validator("telegram_allowed_user_ids", "slack_allowed_user_ids", "console_allowed_users",
+                     "web_allowed_users", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -245,7 +260,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_console_users(self) -> tuple[str, ...]:
-        return self.console_allowed_users or (getpass.getuser(),)
+        return self.console_allowed_users or (_os_user(),)
 
     @property
     def trading_tag(self) -> str:
@@ -282,6 +297,14 @@ class Settings(BaseSettings):
         return f"Settings(exchange={self.exchange!r}, underlying={self.underlying!r}, mode={self.mode!r}, dry_run={self.effective_dry_run})"
 
     __str__ = __repr__
+
+
+def _os_user() -> str:
+    """The account of the real uid (LOGNAME and USER are anyone's to set)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
 
 
 SECRET_FIELDS = frozenset(

@@ -43,7 +43,7 @@ class Bot:
     """One running bot. `await bot.start()`, then ticks and sweeps (by the scheduler or by hand)."""
 
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
-                 channels: list | None = None, llm_client: Any = None) -> None:
+                 channels: list | None = None, llm_client: Any = None, web: Any = None) -> None:
         self.settings = settings
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
@@ -59,6 +59,10 @@ class Bot:
         self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change)
         self.core.executor = self.executor
         self._channels = channels
+        # The dashboard (chatops.web.server.WebServer): from WEB_PORT by default; with channels given
+        # explicitly (tests, embedding), only the one passed (or set on .web before start).
+        self.web = web
+        self._web_from_settings = channels is None and web is None and bool(settings.web_port)
         self.ticks_done = 0
         self.exchange_failures = 0
         self.last_tick_error: str | None = None
@@ -94,6 +98,12 @@ class Bot:
             underlying=s.underlying, brain=brain, profile=s.mode, dry_run=s.effective_dry_run,
             exchange=self.exchange.description, approval_mode=s.approval_mode,
             channels=tuple(c.name for c in self.core.channels))
+        if self.web is None and self._web_from_settings:
+            from .web.server import WebServer
+
+            self.web = WebServer.for_bot(self)
+        if self.web is not None and not await self.web.start():
+            self.web = None  # logged; trading does not depend on the dashboard
         self.store.append_event("bot_started", actor="agent", channel="bot",
                                 reason=f"{self.settings.trading_tag} {self.exchange.description}; channels "
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
@@ -118,6 +128,8 @@ class Bot:
         return out
 
     async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
         await self.core.drain()
         for ch in reversed(self.core.channels):
             try:

@@ -18,9 +18,10 @@ from typing import Callable
 from agent.config import ConfigError, Settings
 from agent.models import Action, ActionType, Decision
 
+from .identity import AUTO_PERSON, Directory, directory_for
 from .store import Store
 
-AUTO_USER = "auto"
+AUTO_USER = AUTO_PERSON
 
 
 def utc_now() -> datetime:
@@ -43,21 +44,27 @@ class VoteResult:
 
     @property
     def ok(self) -> bool:
-        return self.kind in ("recorded", "approved", "rejected")
+        return self.kind in ("recorded", "approved", "rejected", "cancelled")
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    kind: str  # done | noop | unauthorized
+    message: str
+    cancelled: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.kind != "unauthorized"
 
 
 class ApprovalService:
     def __init__(self, store: Store, settings: Settings, *, now: Callable[[], datetime] = utc_now,
-                 enabled_channels: tuple[str, ...] = ("console",)) -> None:
+                 enabled_channels: tuple[str, ...] = ("console",), directory: Directory | None = None) -> None:
         self.store = store
         self.settings = settings
         self.now = now
-        self.allowlists: dict[str, frozenset[str]] = {
-            "console": frozenset(settings.effective_console_users),
-            "telegram": frozenset(settings.telegram_allowed_user_ids),
-            "slack": frozenset(settings.slack_allowed_user_ids),
-            "cli": frozenset(settings.effective_console_users),
-        }
+        self.directory = directory if directory is not None else directory_for(settings)
         self.enabled_channels = enabled_channels
 
     # --- who may decide -------------------------------------------------------------------
@@ -66,14 +73,34 @@ class ApprovalService:
         """In manual mode, an enabled channel with nobody allowed to vote is a set-up error."""
         if self.settings.approval_mode != "manual":
             return
-        env = {"telegram": "TELEGRAM_ALLOWED_USER_IDS", "slack": "SLACK_ALLOWED_USER_IDS", "console": "CONSOLE_ALLOWED_USERS"}
+        env = {"telegram": "TELEGRAM_ALLOWED_USER_IDS", "slack": "SLACK_ALLOWED_USER_IDS", "console": "CONSOLE_ALLOWED_USERS",
+               "web": "WEB_ALLOWED_USERS"}
         for ch in self.enabled_channels:
-            if not self.allowlists.get(ch):
+            if not self.directory.has_anyone(ch):
                 raise ConfigError(f"config error: {env.get(ch, ch)} is empty: in APPROVAL_MODE=manual nobody could approve "
                                   f"on {ch}; list the user ids allowed to vote")
 
     def is_authorized(self, channel: str, user: str) -> bool:
-        return str(user) in self.allowlists.get(channel, frozenset())
+        """A known person (any role): may read and pause."""
+        return self.directory.check(channel, str(user), "read").allowed
+
+    def authorize(self, channel: str, user: str, action: str, *, proposal_id: int | None = None,
+                  record: bool = True) -> str | None:
+        """None when `user` on `channel` may do `action` (identity.ACTION_ROLE), else the refusal
+        as one line; a refusal is recorded as an `unauthorized` event."""
+        verdict = self.directory.check(channel, str(user), action)
+        if verdict.allowed:
+            return None
+        if record:
+            kind = "unauthorized_vote" if action in ("approve", "reject") else "unauthorized"
+            self.store.append_event(kind, proposal_id=proposal_id, actor=str(user), channel=channel,
+                                    reason=f"{action} refused: {verdict.reason}")
+        return f"Not authorized: {verdict.reason}."
+
+    def person_of(self, channel: str, user: str) -> str:
+        p = self.directory.person(channel, str(user))
+        assert p is not None, "authorize() first"
+        return p.key
 
     # --- proposals ------------------------------------------------------------------------
 
@@ -95,23 +122,24 @@ class ApprovalService:
                 superseded.append(row.id)
         row = self.store.create_proposal(
             decision_id, action, expires_at=self.now() + timedelta(seconds=self.settings.approval_ttl_sec),
-            approvals_required=self.settings.approvals_required,
+            approvals_required=self.settings.approvals_required, approval_mode=self.settings.approval_mode,
         )
         return ProposeResult("created", row.id, tuple(superseded))
 
     def vote(self, proposal_id: int, user: str, channel: str, vote: str, reason: str | None = None) -> VoteResult:
+        """A person's vote from a channel. Counted against the proposal's OWN quorum (stored with
+        it), never this process's APPROVALS_REQUIRED; one vote per person whatever the channel."""
         user = str(user)
-        if user != AUTO_USER and not self.is_authorized(channel, user):
-            self.store.append_event("unauthorized_vote", proposal_id=proposal_id, actor=user, channel=channel,
-                                    reason=f"{vote} refused: not on the {channel} allowlist")
-            return VoteResult("unauthorized", proposal_id, "Not authorized: you are not on this channel's allowlist.")
+        refused = self.authorize(channel, user, vote, proposal_id=proposal_id)
+        if refused:
+            return VoteResult("unauthorized", proposal_id, refused)
         if self.store.get_proposal(proposal_id) is None:
             return VoteResult("unknown", proposal_id, f"No proposal #{proposal_id}.")
         if vote == "approve" and self.is_paused():
             return VoteResult("not_pending", proposal_id, "The bot is paused: nothing can be approved until `resume`.")
         out = self.store.vote_and_maybe_approve(proposal_id, user, channel, vote, reason,
-                                                self.settings.approvals_required, now=self.now())
-        return VoteResult(out.kind, proposal_id, _vote_message(out, proposal_id, self.settings.approvals_required), out.status)
+                                                person=self.person_of(channel, user), now=self.now())
+        return VoteResult(out.kind, proposal_id, _vote_message(out, proposal_id, out.required), out.status)
 
     def auto_approve(self, proposal_id: int) -> VoteResult | None:
         """Unattended mode: approve as the user `auto` inside the tighter auto limits, else leave it
@@ -119,7 +147,7 @@ class ApprovalService:
         if self.settings.approval_mode != "auto":
             return None
         row = self.store.get_proposal(proposal_id)
-        if row is None or row.status != "pending":
+        if row is None or row.status != "pending" or row.approval_mode != "auto":
             return None
         action = Action.model_validate_json(row.action_json)
         limit = self.settings.effective_auto_max_size
@@ -127,9 +155,10 @@ class ApprovalService:
             self.store.append_event("auto_approve_declined", proposal_id=proposal_id, actor=AUTO_USER, channel="auto",
                                     reason=f"size {action.size:g} over AUTO_APPROVE_MAX_SIZE {limit:g}: waiting for a human")
             return None
-        # One vote from `auto` approves on its own, whatever APPROVALS_REQUIRED says for humans.
+        # The only path that votes as `auto` (a reserved name no channel can use). Its one vote
+        # approves alone only a proposal made in auto mode (the store and a trigger check that).
         out = self.store.vote_and_maybe_approve(proposal_id, AUTO_USER, "auto", "approve",
-                                                "within the auto-approve limits", 1, now=self.now())
+                                                "within the auto-approve limits", person=AUTO_PERSON, now=self.now())
         return VoteResult(out.kind, proposal_id, _vote_message(out, proposal_id, 1), out.status)
 
     def expire_due(self) -> list[int]:
@@ -142,7 +171,36 @@ class ApprovalService:
                 done.append(row.id)
         return done
 
+    def cancel(self, proposal_id: int, user: str, channel: str, reason: str | None = None) -> VoteResult:
+        """Withdraw one pending proposal (approvers only; a refusal is recorded)."""
+        user = str(user)
+        refused = self.authorize(channel, user, "cancel", proposal_id=proposal_id)
+        if refused:
+            return VoteResult("unauthorized", proposal_id, refused)
+        row = self.store.get_proposal(proposal_id)
+        if row is None:
+            return VoteResult("unknown", proposal_id, f"No proposal #{proposal_id}.")
+        if not self.store.transition(proposal_id, "pending", "cancelled", actor=user, channel=channel,
+                                     reason=reason or f"cancelled by {user}"):
+            now = self.store.get_proposal(proposal_id)
+            return VoteResult("not_pending", proposal_id, f"#{proposal_id} was already decided ({now.status if now else '?'}).")
+        return VoteResult("cancelled", proposal_id, f"#{proposal_id} cancelled.", "cancelled")
+
     # --- kill switch ----------------------------------------------------------------------
+
+    def set_paused(self, paused: bool, user: str, channel: str, reason: str | None = None) -> SwitchResult:
+        """The kill switch as every entry point pulls it: any known person may pause (which also
+        cancels what is pending); only an approver may resume. Refusals are recorded."""
+        user = str(user)
+        refused = self.authorize(channel, user, "pause" if paused else "resume")
+        if refused:
+            return SwitchResult("unauthorized", refused)
+        if not paused:
+            return SwitchResult("done", "Resumed.") if self.resume(user, channel) else SwitchResult("noop", "Not paused.")
+        if not self.pause(user, channel, reason):
+            return SwitchResult("noop", "Already paused.")
+        cancelled = tuple(self.cancel_pending(None, "paused (kill switch)", user, channel))
+        return SwitchResult("done", "Paused.", cancelled)
 
     def is_paused(self) -> bool:
         return self.store.get_flag("paused", "0") == "1"

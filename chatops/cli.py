@@ -1,4 +1,4 @@
-"""`chatops`: run the bot, one tick, status, votes, pause, audit, and the paper exchange.
+"""`chatops`: run the bot, one tick, status, votes, pause, audit, the dashboard, and the paper exchange.
 
 Errors a user can cause (a bad setting, a locked database, an exchange error) end with one line
 on stderr and a non-zero exit, never a traceback.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import getpass
 import json
 import sys
 from dataclasses import asdict
@@ -20,6 +19,8 @@ from typing import Any
 from agent.config import ConfigError, Settings, load_settings
 from agent.deribit.errors import DeribitError
 from agent.tick import CAND_KEYS, POS_KEYS, named
+
+from .identity import os_user
 
 EXIT_USAGE = 2
 
@@ -87,6 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     pn.add_argument("--json", action="store_true", help="every figure, the cycles and the equity check")
     pn.add_argument("--png", metavar="FILE", help="also draw the strategy vs HODL chart into FILE")
     pn.add_argument("--chart", metavar="FILE", help="also draw spot against the short call's strike into FILE")
+    w = sub.add_parser("web", help="serve the dashboard read-only from the database alone (no bot needed)")
+    w.add_argument("--host", help="default WEB_HOST")
+    w.add_argument("--port", type=int, help="default WEB_PORT (8080)")
+    wu = sub.add_parser("web-user", help="dashboard users in WEB_USERS_FILE: add, remove, list, token, hash")
+    wsub = wu.add_subparsers(dest="web_cmd", required=True)
+    for name, text in (("add", "add a user or set a password (asked twice, or one line on stdin with --password-stdin)"),
+                       ("remove", "remove a user (their sessions and tokens stop working)"),
+                       ("token", "make an API token for scripts (shown once; Authorization: Bearer ...)")):
+        wp = wsub.add_parser(name, help=text)
+        wp.add_argument("name")
+        if name == "add":
+            wp.add_argument("--password-stdin", action="store_true")
+    wsub.add_parser("list", help="the user names")
+    wh = wsub.add_parser("hash", help="print a password hash for WEB_USERS (name:hash,...)")
+    wh.add_argument("--password-stdin", action="store_true")
 
     pe = sub.add_parser("paper-exchange", help="serve the paper exchange over HTTP (Deribit's API)")
     pe.add_argument("--host", default="127.0.0.1")
@@ -133,6 +149,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_tick(settings, args.json))
     if cmd == "paper-exchange":
         return _paper(settings, args)
+    if cmd == "web-user":
+        return _web_user(settings, args)
+    if cmd == "web":
+        return _web(settings, args)
     from .store import Store
 
     store = Store(settings.database_path)
@@ -267,7 +287,7 @@ def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> 
     from .approvals import ApprovalService
 
     svc = ApprovalService(store, settings)
-    user = getpass.getuser()
+    user = os_user()  # the real uid's account: LOGNAME and USER are anyone's to set
     result = svc.vote(pid, user, "cli", "approve" if cmd == "approve" else "reject", reason)
     print(result.message + (" The running bot executes it." if result.kind == "approved" else ""))
     return 0 if result.ok else 1
@@ -277,14 +297,12 @@ def _pause(store, settings: Settings, cmd: str, reason: str | None) -> int:
     from .approvals import ApprovalService
 
     svc = ApprovalService(store, settings)
-    user = getpass.getuser()
-    if cmd == "pause":
-        changed = svc.pause(user, "cli", reason)
-        if changed:
-            svc.cancel_pending(None, "paused (kill switch)", user, "cli")
-        print("Paused." if changed else "Already paused.")
-    else:
-        print("Resumed." if svc.resume(user, "cli") else "Not paused.")
+    result = svc.set_paused(cmd == "pause", os_user(), "cli", reason)
+    if not result.ok:
+        print(result.message, file=sys.stderr)
+        return 1
+    print(result.message + (f" Cancelled pending: {', '.join('#%d' % p for p in result.cancelled)}."
+                            if result.cancelled else ""))
     return 0
 
 
@@ -399,6 +417,69 @@ def _progress(n: int, total: int, done: bool = False) -> None:
     if done:
         sys.stderr.write("\n")
     sys.stderr.flush()
+
+
+# --- web dashboard ------------------------------------------------------------------------------------
+
+
+def _web(settings: Settings, args) -> int:
+    from .store import Store
+    from .web.server import WebServer
+
+    overrides = {k: v for k, v in (("web_host", args.host), ("web_port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    store = Store(settings.database_path)
+    try:
+        asyncio.run(WebServer.read_only(store, settings).serve_forever())
+    finally:
+        store.close()
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError("the two passwords differ: nothing changed")
+    if len(password) < 8:
+        raise ConfigError("a dashboard password needs at least 8 characters: nothing changed")
+    return password
+
+
+def _web_user(settings: Settings, args) -> int:
+    from .web.users import UserStore, hash_password
+
+    users = UserStore(settings.web_users_file)
+    sub = args.web_cmd
+    if sub == "list":
+        names = users.names()
+        print("\n".join(names) if names else f"No web users in {settings.web_users_file}.")
+        return 0
+    if sub == "hash":
+        print(hash_password(_read_password(args.password_stdin)))
+        return 0
+    if sub == "add":
+        existed = users.get(args.name) is not None
+        users.set_password(args.name, _read_password(args.password_stdin))
+        allowed = args.name in settings.web_allowed_users
+        print(f"{'Password changed for' if existed else 'Added'} web user {args.name} in {settings.web_users_file} "
+              f"({'may act: on WEB_ALLOWED_USERS' if allowed else 'viewer: add to WEB_ALLOWED_USERS to let them act'}).")
+        return 0
+    if sub == "token":
+        token = users.new_token(args.name)
+        print(token)
+        print(f"API token for {args.name}, shown once: send it as 'Authorization: Bearer <token>'.", file=sys.stderr)
+        return 0
+    if sub == "remove":
+        if not users.remove(args.name):
+            print(f"No web user {args.name!r} in {settings.web_users_file}.", file=sys.stderr)
+            return 1
+        print(f"Removed web user {args.name}.")
+        return 0
+    return EXIT_USAGE
 
 
 # --- paper exchange ------------------------------------------------------------------------------------

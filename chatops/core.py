@@ -67,14 +67,17 @@ class Core:
         self.store.append_event("unauthorized", actor=str(user), channel=channel, reason=f"refused: {what[:200]}")
         log.warning("unauthorized %s by %s on %s", what[:80], user, channel)
 
-    def _refuse(self) -> Reply:
-        return Reply("Not authorized: you are not on this channel's allowlist.", ok=False, unauthorized=True, private=True)
+    def _refuse(self, text: str | None = None) -> Reply:
+        return Reply(text or "Not authorized: you are not on this channel's allowlist.", ok=False, unauthorized=True,
+                     private=True)
 
-    async def _guard(self, channel: str, user: str, what: str) -> Reply | None:
-        if self.is_authorized(channel, user):
+    async def _guard(self, channel: str, user: str, what: str, action: str = "read") -> Reply | None:
+        """None when `user` may do `action` (identity.ACTION_ROLE); else the refusal, recorded."""
+        verdict = self.approvals.directory.check(channel, str(user), action)
+        if verdict.allowed:
             return None
-        await self.record_unauthorized(channel, user, what)
-        return self._refuse()
+        await self.record_unauthorized(channel, user, f"{what}: {verdict.reason}")
+        return self._refuse(f"Not authorized: {verdict.reason}.")
 
     # --- cards and fan-out --------------------------------------------------------------------
 
@@ -149,12 +152,20 @@ class Core:
         result = self.approvals.vote(pid, str(user), channel, vote, reason)
         if result.kind == "unauthorized":
             log.warning("unauthorized %s of #%d by %s on %s", vote, pid, user, channel)
-            return self._refuse()
+            return self._refuse(result.message)
         if result.kind in ("approved", "rejected", "recorded", "expired"):
             await self.refresh_proposal(pid)
         if result.kind == "approved" and self.executor is not None:
             self._spawn(self.executor.execute(pid))
         return Reply(result.message, ok=result.ok, proposal_id=pid, private=not result.ok)
+
+    async def cancel(self, proposal_id: int, user: str, channel: str, reason: str | None = None) -> Reply:
+        result = self.approvals.cancel(proposal_id, str(user), channel, reason)
+        if result.kind == "unauthorized":
+            return self._refuse(result.message)
+        if result.ok:
+            await self.refresh_proposal(proposal_id)
+        return Reply(result.message, ok=result.ok, proposal_id=proposal_id, private=not result.ok)
 
     # --- read-only commands ---------------------------------------------------------------------
 
@@ -236,11 +247,12 @@ class Core:
         return Reply(table)
 
     async def pause(self, user: str, channel: str, reason: str | None = None) -> Reply:
-        if (refused := await self._guard(channel, user, "pause")):
-            return refused
-        if not self.approvals.pause(str(user), channel, reason):
-            return Reply("Already paused.")
-        cancelled = self.approvals.cancel_pending(None, "paused (kill switch)", str(user), channel)
+        result = self.approvals.set_paused(True, str(user), channel, reason)
+        if result.kind == "unauthorized":
+            return self._refuse(result.message)
+        if result.kind == "noop":
+            return Reply(result.message)
+        cancelled = result.cancelled
         for pid in cancelled:
             await self.refresh_proposal(pid)
         await self.notify("pause", f"Paused by {user} ({channel}){': ' + reason if reason else ''}. "
@@ -249,10 +261,11 @@ class Core:
         return Reply("Paused.")
 
     async def resume(self, user: str, channel: str) -> Reply:
-        if (refused := await self._guard(channel, user, "resume")):
-            return refused
-        if not self.approvals.resume(str(user), channel):
-            return Reply("Not paused.")
+        result = self.approvals.set_paused(False, str(user), channel)
+        if result.kind == "unauthorized":
+            return self._refuse(result.message)
+        if result.kind == "noop":
+            return Reply(result.message)
         await self.notify("pause", f"Resumed by {user} ({channel}).")
         return Reply("Resumed.")
 
@@ -269,7 +282,7 @@ class Core:
         word = word.lower().split("@", 1)[0]
         rest = rest.strip()
         if word in ("approve", "reject"):
-            if (refused := await self._guard(channel, user, word)):
+            if (refused := await self._guard(channel, user, word, action=word)):
                 return refused
             ref, _, reason = rest.partition(" ")
             pid = _parse_id(ref)

@@ -121,9 +121,14 @@ class Executor:
 
         if self.approvals.is_paused():  # paused while we re-checked: nothing leaves
             return ExecOutcome(pid, "skipped", "paused")
-        if not self.store.transition(pid, "approved", "executing", actor="agent", channel="executor",
-                                     reason="re-check passed" + (f"; drift {drift[0]:.1f}%" if drift else "")):
-            return ExecOutcome(pid, "skipped", "another executor claimed it")
+        # The claim recounts the distinct approving persons against the proposal's own quorum.
+        claimed, why = self.store.claim_for_execution(pid, reason="re-check passed" + (
+            f"; drift {drift[0]:.1f}%" if drift else ""))
+        if not claimed:
+            if why and why.startswith("refused at the claim"):
+                log.warning("proposal #%d blocked: %s", pid, why)
+                return ExecOutcome(pid, "blocked", why)
+            return ExecOutcome(pid, "skipped", why or "another executor claimed it")
         try:
             result = await execute_action(self.exchange.client, action, row.label, self.settings)
         except Exception as exc:  # a bug must not leave the proposal `executing` until a restart

@@ -1,43 +1,28 @@
 """Logging: one line per event on stderr, text or JSON lines, secrets redacted.
 
-Redaction happens in the handler, after formatting, so no logger anywhere (ours, httpx's, the
-chat libraries') can print a token: the Telegram token, for one, sits in every Bot API URL.
+Redaction happens in the handler, so no logger anywhere (ours, httpx's, the chat libraries') can
+print a token (the Telegram token, for one, sits in every Bot API URL): a filter redacts the
+record's message with its arguments applied BEFORE formatting, so a secret holding a quote, a
+backslash or a newline is replaced whole before JSON escaping or line folding could split it; the
+formatted line is redacted once more for what the formatter itself adds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from datetime import datetime, timezone
 
-from agent.config import REDACTED, SECRET_FIELDS, Settings
+from agent.config import Settings
 
-# Shapes of well-known secrets, redacted even when they are not ours.
-_PATTERNS = [
-    re.compile(r"xox[abpr]-[0-9A-Za-z-]{8,}"),
-    re.compile(r"xapp-[0-9A-Za-z-]{8,}"),
-    re.compile(r"sk-[A-Za-z0-9_-]{16,}"),
-    re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"),
-]
+from . import redact as _redact
 
-
-class Redactor:
-    def __init__(self, secrets: list[str]) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for s in self.secrets:
-            text = text.replace(s, REDACTED)
-        for p in _PATTERNS:
-            text = p.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
-        return text
+Redactor = _redact.Redactor  # the one redactor lives in chatops.redact
 
 
 def secret_values(settings: Settings) -> list[str]:
-    return [v for name in SECRET_FIELDS if (v := settings.secret(name))]
+    return _redact.secret_values(settings)
 
 
 class _Formatter(logging.Formatter):
@@ -48,8 +33,9 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
-        if record.exc_info:
-            msg += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        exc = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else "")
+        if exc:
+            msg += " | " + exc.replace("\n", " | ")
         ts = datetime.fromtimestamp(record.created, tz=timezone.utc)
         if self.json_lines:
             out = json.dumps({"ts": ts.isoformat(timespec="milliseconds"), "level": record.levelname,
@@ -60,8 +46,9 @@ class _Formatter(logging.Formatter):
 
 
 def setup_logging(settings: Settings, stream=None) -> Redactor:
-    redact = Redactor(secret_values(settings))
+    redact = _redact.configure(settings)
     handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(_redact.RedactingFilter(redact))
     handler.setFormatter(_Formatter(settings.log_format == "json", redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]

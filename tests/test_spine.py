@@ -311,9 +311,9 @@ def test_audit_verify_catches_a_tampered_event(tmp_path, monkeypatch, capsys):
 
 
 def _os_user() -> str:
-    import getpass
+    from chatops.identity import os_user
 
-    return getpass.getuser()
+    return os_user()
 
 
 async def test_a_resting_order_stops_the_next_proposal(tmp_path):

@@ -135,6 +135,7 @@ def test_a_v1_database_is_upgraded_keeping_its_rows(db_path, clock):
     assert {i.name for i in s.db["events"].indexes} >= {"idx_events_proposal"}
     old = s.get_decision(1)
     assert old["final_action"] == "DO_NOTHING" and old["state"]["n_cand"] == 11
+    assert s.verify_audit().ok  # the old row joined the audit chain in the upgrade
     s.close()
 
 
@@ -226,6 +227,7 @@ def test_create_proposal_sets_label_status_and_event(store, clock):
 def test_transition_wins_once_and_loses_on_wrong_status(store, clock):
     p = new_proposal(store, clock)
     clock.advance(10)
+    assert store.add_vote(p.id, "alice", "slack", "approve")  # the quorum trigger wants the vote on record
     assert store.transition(p.id, "pending", "approved", actor="alice", channel="slack", reason="looks fine")
     assert not store.transition(p.id, "pending", "approved", actor="bob", channel="telegram")
     assert not store.transition(p.id, "pending", "rejected", actor="bob", channel="telegram")
@@ -252,6 +254,7 @@ def test_illegal_transitions_and_unknown_statuses_are_refused(store, clock):
 
 def test_a_failed_write_leaves_nothing(store, clock):
     p = new_proposal(store, clock)
+    store.add_vote(p.id, "alice", "cli", "approve")
     before = store.list_events()
     with pytest.raises(RuntimeError, match="boom"):
         with store.write():
@@ -264,15 +267,18 @@ def test_a_failed_write_leaves_nothing(store, clock):
 # --- votes -------------------------------------------------------------------------------------
 
 
-def test_add_vote_once_per_user(store, clock):
+def test_add_vote_once_per_person(store, clock):
     p = new_proposal(store, clock)
-    assert store.add_vote(p.id, "alice", "telegram", "approve")
-    assert not store.add_vote(p.id, "alice", "slack", "reject")  # same user, other channel: still one vote
-    assert store.add_vote(p.id, "bob", "slack", "reject", "too close to spot")
-    assert [(v.user, v.channel, v.vote, v.reason) for v in store.votes(p.id)] == [
-        ("alice", "telegram", "approve", None), ("bob", "slack", "reject", "too close to spot")]
-    assert store.approve_count(p.id) == 1
-    assert kinds(store, p.id)["vote"] == 2
+    assert store.add_vote(p.id, "alice", "telegram", "approve", person="alice")
+    assert not store.add_vote(p.id, "U1", "slack", "reject", person="alice")  # same person, other channel: one vote
+    assert store.add_vote(p.id, "bob", "slack", "reject", "too close to spot")  # no person given: slack:bob
+    assert store.add_vote(p.id, "bob", "cli", "approve")  # console:bob is another identity than slack:bob
+    assert not store.add_vote(p.id, "bob", "console", "approve")  # the CLI and the terminal share a namespace
+    assert [(v.user, v.channel, v.vote, v.reason, v.person) for v in store.votes(p.id)] == [
+        ("alice", "telegram", "approve", None, "alice"), ("bob", "slack", "reject", "too close to spot", "slack:bob"),
+        ("bob", "cli", "approve", None, "console:bob")]
+    assert store.approve_count(p.id) == 2
+    assert kinds(store, p.id)["vote"] == 3
     with pytest.raises(ValueError, match="vote must be"):
         store.add_vote(p.id, "carol", "cli", "maybe")
 
@@ -297,10 +303,13 @@ def test_one_reject_vetoes(store, clock):
     assert (row.status, row.decided_by, row.status_reason) == ("rejected", "b", "strike too low")
 
 
-def test_vote_explicit_required_overrides_the_proposals_own(store, clock):
+def test_the_quorum_is_the_proposals_own_not_the_callers(store, clock):
     p = new_proposal(store, clock, required=3)
-    out = store.vote_and_maybe_approve(p.id, "auto", "auto", "approve", "within limits", 1)
-    assert (out.kind, out.required) == ("approved", 1)
+    with pytest.raises(ValueError, match="needs 3 approvals"):
+        store.vote_and_maybe_approve(p.id, "a", "cli", "approve", "in a hurry", 1)
+    with pytest.raises(ValueError, match="manual mode"):  # `auto` approves only what was made in auto mode
+        store.vote_and_maybe_approve(p.id, "auto", "auto", "approve", "within limits")
+    assert store.votes(p.id) == [] and store.get_proposal(p.id).status == "pending"
 
 
 def test_vote_after_expiry_expires_and_unknown_is_reported(store, clock):
@@ -399,14 +408,14 @@ def test_expiry_sweep(store, clock):
     short = new_proposal(store, clock, n=1, ttl=60)
     long = new_proposal(store, clock, n=2, ttl=600)
     approved = new_proposal(store, clock, n=3, ttl=60)
-    store.transition(approved.id, "pending", "approved", actor="a", channel="cli")
+    assert store.vote_and_maybe_approve(approved.id, "a", "cli", "approve").kind == "approved"
     assert store.expire_due(clock() + timedelta(seconds=59)) == []
     assert store.expire_due(clock() + timedelta(seconds=120)) == [short.id]
     assert store.expire_due(clock() + timedelta(seconds=120)) == []  # each expires once
     assert [p.id for p in store.pending_proposals("BTC")] == [long.id]
     assert store.get_proposal(approved.id).status == "approved"  # only pending ones expire
     assert kinds(store)["proposal_expired"] == 1
-    assert store.vote_and_maybe_approve(short.id, "a", "cli", "approve").kind == "not_pending"
+    assert store.vote_and_maybe_approve(short.id, "b", "cli", "approve").kind == "not_pending"
 
 
 def test_paused_flag_survives_reopen(db_path, clock):

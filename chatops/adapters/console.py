@@ -8,13 +8,14 @@ stdin is not a terminal (a pipe, /dev/null) it reads what comes and carries on a
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
 import sys
 import threading
 from typing import TextIO
 
 from chatops.render import Card
+
+from chatops.identity import os_user
 
 from .base import CoreAPI, Notice, Reply
 
@@ -30,7 +31,7 @@ class ConsoleChannel:
                  read_input: bool = True) -> None:
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
-        self.user = user or getpass.getuser()
+        self.user = user or os_user()  # the real uid's account, never LOGNAME/USER
         self.read_input = read_input
         self.color = bool(getattr(self.stdout, "isatty", lambda: False)())
         self.core: CoreAPI | None = None

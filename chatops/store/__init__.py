@@ -17,7 +17,12 @@ Audit. `events`, `votes`, `decisions`, `executions`, `orders`, `questions`, `ans
 `llm_calls`, `settings_changes` and `config_snapshots` refuse UPDATE and DELETE (triggers).
 Proposals are never deleted and only their status fields change, through compare-and-swap.
 Each event row carries `hash = sha256(prev_hash + canonical JSON of its content)`;
-`verify_chain()` recomputes the chain and names the first broken row.
+`verify_chain()` recomputes the chain and names the first broken row. Every row of every audit
+table also joins `audit_chain` (see `chain`), whose head is anchored outside the database.
+Triggers refuse a status change that is not an edge of the state machine and an `approved`
+without the proposal's own quorum (`schema.QUORUM_SQL`).
+
+Secrets: every string parameter of every write passes `chatops.redact` (see `base`).
 
 Compactness of a decision row (a tick every 5 minutes, 105k a year): JSON is minified with nulls
 dropped; `final_json` is NULL when the final action equals the proposed one; the config snapshot
@@ -35,6 +40,7 @@ from .common import (APPEND_ONLY_TABLES, FINAL_STATUSES, GENESIS_HASH, LABEL_PRE
                      TRANSITIONS, ChainReport, MessageRef, OutboxItem, ProposalRow, StoreBusyError, VoteOutcome,
                      VoteRow, assert_no_secrets, canonical, dumps, is_secret_key, iso, label_for, parse_ref,
                      parse_ts, serialize_decision, utc_now)
+from .chain import CHAINED_TABLES, Anchor, AuditReport, ChainMixin, Head, chained, parse_head, read_anchors
 from .decisions import DecisionsMixin
 from .events import EventsMixin
 from .flags import FlagsMixin
@@ -47,13 +53,13 @@ from .schema import DECISION_COLUMNS, MIGRATIONS, SCHEMA_VERSION, connect, migra
 
 
 class Store(EventsMixin, DecisionsMixin, ProposalsMixin, FlagsMixin, QuestionsMixin, MessagesMixin, ReviewMixin,
-            LedgerMixin, StoreBase):
+            LedgerMixin, ChainMixin, StoreBase):
     """The agent's SQLite file. Safe for one process's threads and asyncio loop plus other
     processes on the same file; see the package docstring for how."""
 
 
 __all__ = [
-    "APPEND_ONLY_TABLES", "ChainReport", "DECISION_COLUMNS", "FINAL_STATUSES", "GENESIS_HASH", "LABEL_PREFIX",
+    "APPEND_ONLY_TABLES", "Anchor", "AuditReport", "CHAINED_TABLES", "Head", "chained", "parse_head", "read_anchors", "ChainReport", "DECISION_COLUMNS", "FINAL_STATUSES", "GENESIS_HASH", "LABEL_PREFIX",
     "MIGRATIONS", "MessageRef", "OutboxItem", "ProposalRow", "REDACTED", "SCHEMA_VERSION", "STATUSES", "Store",
     "StoreBusyError", "TABLES", "TRANSITIONS", "VoteOutcome", "VoteRow", "assert_no_secrets", "canonical",
     "connect", "dumps", "is_secret_key", "iso", "label_for", "migrate", "parse_ref", "parse_ts", "schema_version",

@@ -13,8 +13,30 @@ from typing import Any
 
 
 
+from chatops.redact import redact, redact_value
+
 from .common import DEFAULT_BUSY_TIMEOUT, _ts_param, iso, utc_now
 from .schema import _busy, _busy_error, _immediate, connect, migrate
+
+
+class RedactingConnection:
+    """The connection as `write()` hands it out: every string parameter of every statement passes
+    the redactor first (the store's write boundary: no module can store a secret by forgetting)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        if isinstance(params, dict):
+            params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+        else:
+            params = [redact(v) if isinstance(v, str) else v for v in params]
+        return self._conn.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 
@@ -89,7 +111,7 @@ class StoreBase:
                 sp = f"w{self._depth}"
                 conn.execute(f"SAVEPOINT {sp}")
                 try:
-                    yield conn
+                    yield RedactingConnection(conn)
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute(f"ROLLBACK TO {sp}")
@@ -103,7 +125,7 @@ class StoreBase:
             self._depth = 1
             try:
                 with _immediate(self.db.conn, self.path, self.busy_timeout):
-                    yield self.db.conn
+                    yield RedactingConnection(self.db.conn)
             finally:
                 self._depth = 0
 
@@ -125,12 +147,19 @@ class StoreBase:
             row = self.db.conn.execute(sql, params).fetchone()
         return row[0] if row else None
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> int:
+    def _insert(self, conn: Any, table: str, row: dict[str, Any], *, or_ignore: bool = False) -> int:
+        """INSERT one row (strings redacted); a row of an audit table also joins the audit chain in
+        the same transaction (chain.CHAINED_TABLES). With or_ignore, 0 when a constraint ignored it."""
+        row = {k: redact_value(v) if isinstance(v, str) else v for k, v in row.items()}
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        cur = conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
-        return int(cur.lastrowid)
+        verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+        cur = conn.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
+        if or_ignore and cur.rowcount != 1:
+            return 0
+        rid = int(cur.lastrowid)
+        self._chain_row(conn, table, rid)  # type: ignore[attr-defined]
+        return rid
 
     # --- query helpers --------------------------------------------------------------------
 

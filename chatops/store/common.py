@@ -77,6 +77,7 @@ class ProposalRow:
     decided_at: datetime | None
     updated_at: datetime
     action_json: str  # the full Action, as proposed
+    approval_mode: str = "manual"  # the mode it was made in: only then may `auto` approve it
 
     def to_action(self) -> Action:
         return Action.model_validate_json(self.action_json)
@@ -91,6 +92,7 @@ class VoteRow:
     vote: str  # approve | reject
     reason: str | None
     ts: datetime
+    person: str | None = None  # who counts: a person of PEOPLE_FILE, or the identity `channel:id`
 
 
 @dataclass(frozen=True)
@@ -282,12 +284,13 @@ def _proposal(r: dict[str, Any]) -> ProposalRow:
         roll_from=r["roll_from"], size=r["size"], approvals_required=r["approvals_required"], label=r["label"],
         status=r["status"], status_reason=r["status_reason"], decided_by=r["decided_by"],
         decided_at=parse_ts(r["decided_at"]), updated_at=parse_ts(r["updated_at"]), action_json=r["action_json"],
+        approval_mode=r.get("approval_mode") or "manual",
     )
 
 
 def _vote(r: dict[str, Any]) -> VoteRow:
     return VoteRow(id=r["id"], proposal_id=r["proposal_id"], user=r["user"], channel=r["channel"], vote=r["vote"],
-                   reason=r["reason"], ts=parse_ts(r["ts"]))
+                   reason=r["reason"], ts=parse_ts(r["ts"]), person=r.get("person"))
 
 
 def _outbox(r: dict[str, Any]) -> OutboxItem:

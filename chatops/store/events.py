@@ -7,6 +7,8 @@ from typing import Any
 
 
 
+from chatops.redact import redact, redact_value
+
 from .common import ChainReport, GENESIS_HASH, _event_dict, _hash_event, canonical, iso
 from .base import _order
 
@@ -18,6 +20,9 @@ class EventsMixin:
     def append_event(self, kind: str, *, proposal_id: int | None = None, decision_id: int | None = None,
                      actor: str, channel: str, reason: str | None = None, data: Any = None) -> int:
         """Append one row to the hash-chained event log; returns its id."""
+        # Redacted before hashing: the stored row is what the hash covers.
+        reason = None if reason is None else redact(str(reason))
+        data = None if data is None else redact_value(data)
         with self.write() as conn:
             last = conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
             prev_id, prev_hash = last if last else (0, GENESIS_HASH)

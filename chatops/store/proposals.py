@@ -10,30 +10,48 @@ from typing import Any
 
 from agent.models import Action, ActionType, ExecutionResult
 
+from chatops.identity import AUTO_PERSON, identity
+
 from .common import ProposalRow, TRANSITIONS, VoteOutcome, VoteRow, _loads, _model_json, _proposal, _status_tuple, _vote, iso, label_for
 from .base import _order
 
 
 
+def default_person(channel: str, user: str) -> str:
+    """Without a directory, each namespaced identity is its own person (`auto` is `auto`)."""
+    return AUTO_PERSON if user == AUTO_PERSON and channel == "auto" else identity(channel, user)
+
+
+def _approving_persons(conn: sqlite3.Connection, proposal_id: int) -> int:
+    return conn.execute("SELECT COUNT(DISTINCT person) FROM votes WHERE proposal_id = ? AND vote = 'approve' "
+                        "AND person <> ?", [proposal_id, AUTO_PERSON]).fetchone()[0]
+
+
 class ProposalsMixin:
     def create_proposal(self, decision_id: int | None, action: Action, *, expires_at: datetime,
-                        approvals_required: int, actor: str = "agent", channel: str = "scheduler") -> ProposalRow:
-        """A pending proposal of `action`; its label is set in the same transaction; event proposal_created."""
+                        approvals_required: int, approval_mode: str = "manual", actor: str = "agent",
+                        channel: str = "scheduler") -> ProposalRow:
+        """A pending proposal of `action`; its label is set in the same transaction; event proposal_created.
+        Its quorum (`approvals_required`, and whether `auto` may approve it: `approval_mode`) is its own
+        from then on, whatever the settings of a later process say."""
         if approvals_required < 1:
             raise ValueError(f"approvals_required must be at least 1, got {approvals_required}")
+        if approval_mode not in ("manual", "auto"):
+            raise ValueError(f"approval_mode must be 'manual' or 'auto', got {approval_mode!r}")
         now = iso(self._now())
         with self.write() as conn:
             pid = self._insert(conn, "proposals", {
                 "decision_id": decision_id, "created_at": now, "expires_at": iso(expires_at),
                 "underlying": action.underlying, "action": action.action.value, "symbol": action.symbol,
                 "roll_from": action.roll_from, "size": action.size, "approvals_required": approvals_required,
-                "status": "pending", "updated_at": now, "action_json": _model_json(action)})
+                "approval_mode": approval_mode, "status": "pending", "updated_at": now, "action_json": _model_json(action)})
             conn.execute("UPDATE proposals SET label = ? WHERE id = ?", [label_for(pid, self.instance_id), pid])
             self.append_event("proposal_created", proposal_id=pid, decision_id=decision_id, actor=actor,
                               channel=channel, reason=action.reasoning[:500] or None,
                               data={"action": action.action.value, "symbol": action.symbol,
                                     "roll_from": action.roll_from, "size": action.size,
-                                    "expires_at": iso(expires_at), "approvals_required": approvals_required})
+                                    "expires_at": iso(expires_at), "approvals_required": approvals_required,
+                                    "approval_mode": approval_mode})
             row = self.get_proposal(pid)
         assert row is not None
         return row
@@ -129,68 +147,114 @@ class ProposalsMixin:
 
     # --- votes ----------------------------------------------------------------------------
 
-    def add_vote(self, proposal_id: int, user: str, channel: str, vote: str, reason: str | None = None) -> bool:
-        """Record a vote (and a `vote` event); False if this user already voted on this proposal.
+    def add_vote(self, proposal_id: int, user: str, channel: str, vote: str, reason: str | None = None, *,
+                 person: str | None = None) -> bool:
+        """Record a vote (and a `vote` event); False if this person already voted on this proposal.
         No status change: see vote_and_maybe_approve for the combined rule."""
         with self.write() as conn:
-            return self._insert_vote(conn, proposal_id, str(user), channel, vote, reason)
+            return self._insert_vote(conn, proposal_id, str(user), channel, vote, reason, person)
 
     def _insert_vote(self, conn: sqlite3.Connection, proposal_id: int, user: str, channel: str, vote: str,
-                     reason: str | None) -> bool:
+                     reason: str | None, person: str | None = None) -> bool:
         if vote not in ("approve", "reject"):
             raise ValueError(f"vote must be 'approve' or 'reject', got {vote!r}")
         if conn.execute("SELECT 1 FROM proposals WHERE id = ?", [proposal_id]).fetchone() is None:
             raise ValueError(f"no proposal #{proposal_id}")
-        cur = conn.execute("INSERT OR IGNORE INTO votes (proposal_id, user, channel, vote, reason, ts) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", [proposal_id, user, channel, vote, reason, iso(self._now())])
-        if cur.rowcount != 1:
+        person = person or default_person(channel, user)
+        if not self._insert(conn, "votes", {"proposal_id": proposal_id, "user": user, "channel": channel, "vote": vote,
+                                            "reason": reason, "ts": iso(self._now()), "person": person},
+                            or_ignore=True):
             return False
         self.append_event("vote", proposal_id=proposal_id, actor=user, channel=channel, reason=reason,
-                          data={"vote": vote})
+                          data={"vote": vote, "person": person})
         return True
 
     def votes(self, proposal_id: int) -> list[VoteRow]:
         return [_vote(r) for r in self._rows("SELECT * FROM votes WHERE proposal_id = ? ORDER BY id", [proposal_id])]
 
     def approve_count(self, proposal_id: int) -> int:
-        return int(self._scalar("SELECT COUNT(*) FROM votes WHERE proposal_id = ? AND vote = 'approve'",
+        """Distinct persons who approved."""
+        return int(self._scalar("SELECT COUNT(DISTINCT person) FROM votes WHERE proposal_id = ? AND vote = 'approve'",
                                 [proposal_id]))
 
     def vote_and_maybe_approve(self, proposal_id: int, user: str, channel: str, vote: str, reason: str | None = None,
-                               approvals_required: int | None = None, *, now: datetime | None = None) -> VoteOutcome:
+                               approvals_required: int | None = None, *, person: str | None = None,
+                               now: datetime | None = None) -> VoteOutcome:
         """In ONE transaction: the proposal must be pending and not expired at `now`; the vote is
-        recorded; enough approvals CAS pending -> approved, a reject CAS pending -> rejected.
-        `approvals_required` defaults to the proposal's own. Any number of concurrent callers,
-        threads or processes, give exactly one approved (or rejected) transition."""
+        recorded (one per person: `person` defaults to the namespaced `channel:user`); enough distinct
+        approving persons CAS pending -> approved, a reject CAS pending -> rejected. The quorum is the
+        proposal's own (`approvals_required` is only a check: a different number is refused); the
+        vote of the person `auto` approves alone only a proposal made in APPROVAL_MODE=auto. Any
+        number of concurrent callers, threads or processes, give exactly one approved (or rejected)."""
         user = str(user)
+        person = person or default_person(channel, user)
         at = now or self._now()
         with self.write() as conn:
-            row = conn.execute("SELECT status, expires_at, approvals_required FROM proposals WHERE id = ?",
+            row = conn.execute("SELECT status, expires_at, approvals_required, approval_mode FROM proposals WHERE id = ?",
                                [proposal_id]).fetchone()
             if row is None:
                 return VoteOutcome("unknown", proposal_id, None)
-            status, expires_at, own_required = row
-            required = approvals_required if approvals_required is not None else own_required
-            count = lambda: conn.execute(  # noqa: E731
-                "SELECT COUNT(*) FROM votes WHERE proposal_id = ? AND vote = 'approve'", [proposal_id]).fetchone()[0]
+            status, expires_at, required, mode = row
+            if approvals_required is not None and approvals_required != required:
+                raise ValueError(f"proposal #{proposal_id} needs {required} approvals (its own quorum), "
+                                 f"not the caller's {approvals_required}")
+            if person == AUTO_PERSON and vote == "approve" and mode != "auto":
+                raise ValueError(f"proposal #{proposal_id} was made in manual mode: `auto` cannot approve it")
+            if person == AUTO_PERSON and mode == "auto":
+                required = 1
+            count = lambda: _approving_persons(conn, proposal_id)  # noqa: E731
             if status != "pending":
                 return VoteOutcome("not_pending", proposal_id, status, count(), required)
             if iso(at) >= expires_at:
                 self._cas(conn, proposal_id, ("pending",), "expired", actor="system", channel=channel,
                           reason=f"approval window elapsed before {user}'s {vote}")
                 return VoteOutcome("expired", proposal_id, "expired", count(), required)
-            if not self._insert_vote(conn, proposal_id, user, channel, vote, reason):
+            if not self._insert_vote(conn, proposal_id, user, channel, vote, reason, person):
                 return VoteOutcome("already_voted", proposal_id, status, count(), required)
             n = count()
             if vote == "reject":
                 self._cas(conn, proposal_id, ("pending",), "rejected", actor=user, channel=channel,
                           reason=reason or f"rejected by {user}")
                 return VoteOutcome("rejected", proposal_id, "rejected", n, required)
-            if n >= required:
+            if n >= required or person == AUTO_PERSON:
                 self._cas(conn, proposal_id, ("pending",), "approved", actor=user, channel=channel,
                           reason=reason or f"{n}/{required} approvals", data={"approvals": n, "required": required})
                 return VoteOutcome("approved", proposal_id, "approved", n, required)
             return VoteOutcome("recorded", proposal_id, "pending", n, required)
+
+    def quorum_shortfall(self, conn: sqlite3.Connection, proposal_id: int) -> str | None:
+        """Recount at the claim: None when the proposal's stored votes meet its own quorum, else why
+        not (one line). Votes are counted by distinct person; a reject vetoes."""
+        row = conn.execute("SELECT approvals_required, approval_mode FROM proposals WHERE id = ?",
+                           [proposal_id]).fetchone()
+        if row is None:
+            return f"no proposal #{proposal_id}"
+        required, mode = row
+        if conn.execute("SELECT 1 FROM votes WHERE proposal_id = ? AND vote = 'reject'", [proposal_id]).fetchone():
+            return "a reject vote is on record"
+        if mode == "auto" and conn.execute("SELECT 1 FROM votes WHERE proposal_id = ? AND vote = 'approve' AND "
+                                           "person = ?", [proposal_id, AUTO_PERSON]).fetchone():
+            return None
+        n = _approving_persons(conn, proposal_id)
+        return None if n >= required else f"only {n} of the {required} approving persons it needs are on record"
+
+    def claim_for_execution(self, proposal_id: int, *, actor: str = "agent", channel: str = "executor",
+                            reason: str | None = None) -> tuple[bool, str | None]:
+        """Claim approved -> executing in one transaction, after recounting the approving persons:
+        (True, None) claimed; (False, why) when it was not approved any more or its votes fall short
+        (then it is moved to blocked, with the recount as the reason)."""
+        with self.write() as conn:
+            row = conn.execute("SELECT status FROM proposals WHERE id = ?", [proposal_id]).fetchone()
+            if row is None or row[0] != "approved":
+                return False, f"not approved ({row[0] if row else 'unknown'})"
+            short = self.quorum_shortfall(conn, proposal_id)
+            if short is not None:
+                self._cas(conn, proposal_id, ("approved",), "blocked", actor=actor, channel=channel,
+                          reason=f"refused at the claim: {short}")
+                return False, f"refused at the claim: {short}"
+            if not self._cas(conn, proposal_id, ("approved",), "executing", actor=actor, channel=channel, reason=reason):
+                return False, "another executor claimed it"
+            return True, None
 
     # --- executions -----------------------------------------------------------------------
 

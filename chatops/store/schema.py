@@ -11,7 +11,8 @@ from pathlib import Path
 from sqlite_utils import Database
 
 
-from .common import APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, STATUSES, StoreBusyError, iso, utc_now
+from .common import (APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, STATUSES, TRANSITIONS, StoreBusyError, iso,
+                     utc_now)
 
 
 
@@ -256,7 +257,86 @@ def _m003_llm_token_details(db: Database) -> None:
     db.execute("ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER")
 
 
-_V4_LEDGER = [
+def state_machine_trigger() -> str:
+    """The trigger that refuses a status change that is not an edge of TRANSITIONS. A migration
+    that adds an edge drops `proposals_state_machine` and re-creates it with this."""
+    edges = ", ".join(f"'{a}>{b}'" for a, tos in sorted(TRANSITIONS.items()) for b in sorted(tos))
+    return ("CREATE TRIGGER proposals_state_machine BEFORE UPDATE OF status ON proposals "
+            f"WHEN NEW.status IS NOT OLD.status AND (OLD.status || '>' || NEW.status) NOT IN ({edges}) "
+            "BEGIN SELECT RAISE(ABORT, 'illegal proposal transition: not an edge of the state machine'); END")
+
+
+# Quorum belongs to the proposal: approved (and executing) only with approvals_required distinct
+# approving persons and no reject, or, for a proposal made in APPROVAL_MODE=auto, the vote of `auto`.
+QUORUM_SQL = (
+    "NOT EXISTS (SELECT 1 FROM votes WHERE proposal_id = {p}.id AND vote = 'reject') AND ("
+    "(SELECT COUNT(DISTINCT person) FROM votes WHERE proposal_id = {p}.id AND vote = 'approve' "
+    "AND person <> 'auto') >= {p}.approvals_required OR ({p}.approval_mode = 'auto' AND EXISTS (SELECT 1 FROM votes "
+    "WHERE proposal_id = {p}.id AND vote = 'approve' AND person = 'auto')))")
+
+_V4_AUTHORITY = [
+    """CREATE TABLE audit_chain (
+        seq INTEGER PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        row_id INTEGER NOT NULL,
+        row_hash TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        UNIQUE (tbl, row_id))""",
+    *_append_only_triggers("audit_chain"),
+    # votes: one per PERSON (a person with identities on several channels counts once); rebuilt
+    # because the old UNIQUE (proposal_id, user) made console 42 collide with telegram 42.
+    "DROP TRIGGER votes_no_update",
+    "DROP TRIGGER votes_no_delete",
+    """CREATE TABLE votes_v4 (
+        id INTEGER PRIMARY KEY,
+        proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+        user TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        vote TEXT NOT NULL CHECK (vote IN ('approve', 'reject')),
+        reason TEXT,
+        ts TEXT NOT NULL,
+        person TEXT NOT NULL,
+        UNIQUE (proposal_id, person))""",
+    "INSERT INTO votes_v4 (id, proposal_id, user, channel, vote, reason, ts, person) "
+    "SELECT id, proposal_id, user, channel, vote, reason, ts, CASE WHEN user = 'auto' THEN 'auto' "
+    "WHEN channel IN ('cli', 'terminal') THEN 'console:' || user ELSE channel || ':' || user END FROM votes",
+    "DROP TABLE votes",
+    "ALTER TABLE votes_v4 RENAME TO votes",
+    *_append_only_triggers("votes"),
+    "CREATE TRIGGER votes_only_pending BEFORE INSERT ON votes "
+    "WHEN (SELECT status FROM proposals WHERE id = NEW.proposal_id) IS NOT 'pending' "
+    "BEGIN SELECT RAISE(ABORT, 'a vote is only taken on a pending proposal'); END",
+    # proposals: the mode they were made in (whether `auto` may approve them) is part of them.
+    "ALTER TABLE proposals ADD COLUMN approval_mode TEXT NOT NULL DEFAULT 'manual' "
+    "CHECK (approval_mode IN ('manual', 'auto'))",
+    "DROP TRIGGER proposals_immutable",
+    "CREATE TRIGGER proposals_immutable BEFORE UPDATE OF id, decision_id, created_at, expires_at, underlying, "
+    "action, symbol, roll_from, size, approvals_required, approval_mode, action_json ON proposals "
+    "BEGIN SELECT RAISE(ABORT, 'proposal content is immutable: only its status changes'); END",
+    "CREATE TRIGGER proposals_born_pending BEFORE INSERT ON proposals WHEN NEW.status IS NOT 'pending' "
+    "BEGIN SELECT RAISE(ABORT, 'a proposal starts pending'); END",
+    state_machine_trigger(),
+    "CREATE TRIGGER proposals_quorum BEFORE UPDATE OF status ON proposals "
+    "WHEN NEW.status IN ('approved', 'executing') AND NEW.status IS NOT OLD.status AND NOT ("
+    + QUORUM_SQL.format(p="NEW") + ") "
+    "BEGIN SELECT RAISE(ABORT, 'quorum not met: not enough distinct approving persons for this proposal'); END",
+]
+
+
+def _m004_authority(db: Database) -> None:
+    """Votes per person, the proposal's own approval mode, state-machine and quorum triggers, and
+    the audit chain over every audit table (existing rows chained, events first)."""
+    from .chain import CHAINED_TABLES, chain_backfill
+
+    for stmt in _V4_AUTHORITY:
+        db.execute(stmt)
+    for table in CHAINED_TABLES:
+        if db[table].exists():
+            chain_backfill(db.conn, table)
+
+
+_V5_LEDGER = [
     # The exchange's own records, append-only: what the P&L is computed from (agent/ledger.py).
     """CREATE TABLE ledger_fills (
         trade_id TEXT PRIMARY KEY, ts TEXT NOT NULL, ts_ms INTEGER NOT NULL, underlying TEXT NOT NULL,
@@ -297,9 +377,9 @@ _V4_LEDGER = [
 ]
 
 
-def _m004_ledger(db: Database) -> None:
+def _m005_ledger(db: Database) -> None:
     """The ledger (fills, settlements, account snapshots, cursor), notices said once, bot runs."""
-    for stmt in _V4_LEDGER:
+    for stmt in _V5_LEDGER:
         db.execute(stmt)
 
 
@@ -308,7 +388,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
     ("llm_token_details", _m003_llm_token_details),
-    ("ledger", _m004_ledger),
+    ("authority", _m004_authority),
+    ("ledger", _m005_ledger),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
