@@ -401,7 +401,8 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
                  f"{live.get('tag') or settings.trading_tag} {settings.exchange}, {settings.effective_decision_mode} brain, "
                  f"{settings.mode} profile, approvals {settings.approval_mode}"]
     paused = store.get_flag("paused", "0") == "1"
-    lines.append("PAUSED (kill switch on): nothing is proposed or executed" if paused else "Not paused: it may propose and execute")
+    lines.append("PAUSED (kill switch on): nothing is proposed or executed" if paused
+                 else "Not running: the bot stopped" if run is not None and run["stopped_at"] else "Running")
     last = store.last_decision(underlying=settings.underlying)
     if last:
         age = (now - _dt(last["ts"])).total_seconds()
@@ -413,8 +414,9 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
             lines.append(f"Account read {max((now - fresh[0]).total_seconds(), 0):.0f}s ago, after the last execution:")
             lines.append(f"  spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
                          f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
-            for p in st.get("pos") or []:
-                lines.append(f"  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+            for p in (named(x, POS_KEYS) for x in st.get("pos") or []):
+                lines.append(f"  position {p['name']} size {p['size']:+g} avg {p['avg']:.4f} mark {p['mark']:.4f} "
+                             f"delta {p['delta']:.2f} {p['dte']:.1f} DTE")
         elif st:
             lines.append(f"As of that tick: spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
                          f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
