@@ -43,10 +43,10 @@ async def test_pnl_and_chart_on_telegram(tmp_path):
 async def test_pnl_on_slack_answers_and_uploads_the_chart(tmp_path):
     async with slack_running(tmp_path) as h:
         await open_and_tick(h, SLACK_ALICE, "slack")
-        answer = await h.answer(await h.command(SLACK_ALICE, "/pnl", "30d"))
+        answer = await h.answer(await h.command(SLACK_ALICE, "/cc", "pnl 30d"))
         assert "premium collected" in answer.visible and "check OK" in answer.visible
         (up,) = await h.fake.wait_for(lambda: h.fake.files_shared(CHANNEL_ID))
         assert up["filename"] == "pnl.png" and up["data"].startswith(PNG) and len(up["data"]) == up["length"]
         assert h.fake.calls_to("files.getUploadURLExternal") and h.fake.calls_to("files.completeUploadExternal")
-        bad = await h.answer(await h.command(SLACK_ALICE, "/pnl", "yesterday-ish"))
+        bad = await h.answer(await h.command(SLACK_ALICE, "/cc", "pnl yesterday-ish"))
         assert "use 30d, 12h, 2w, all or a date" in bad.text
