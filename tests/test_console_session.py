@@ -99,6 +99,8 @@ def test_first_hour_in_the_terminal(session, tmp_path):
     s.expect("There is no proposal #42. There are proposals #1-#")
     s.send("help")
     s.expect("quit                   stop the bot")
+    s.send("ask")  # the answer is written with Markdown marks: the terminal shows them plain
+    s.expect("Ask me something, e.g. ask why the 97k strike?")
     # Pause from another shell: the running bot announces it.
     p = s.cli("pause", "--reason", "lunch")
     assert p.returncode == 0 and "Paused." in p.stdout
