@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="review decisions, proposals and events; export; verify")
     asub = au.add_subparsers(dest="audit_cmd", required=True)
     for table in ("decisions", "proposals", "events"):
-        lp = asub.add_parser(table, help=f"list {table}, newest first")
+        lp = asub.add_parser(table, help=f"list {table}, " + ("the latest, in the order they happened" if table == "events"
+                                                               else "newest first"))
         lp.add_argument("--since", help=_SINCE_HELP)
         lp.add_argument("--until", help=_UNTIL_HELP)
         lp.add_argument("--limit", type=_positive_int, default=50, help="at most this many rows (default 50)")
