@@ -57,7 +57,8 @@ class Bot:
         self.core = Core(self.store, self.approvals, settings, clock=self.exchange.clock, asker=self.asker,
                          status_provider=self.live_status)
         self.llm.notify = self.core.notify
-        self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change)
+        self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change,
+                                 notify=self._on_order_event)
         self.core.executor = self.executor
         self._channels = channels
         # The dashboard (chatops.web.server.WebServer): from WEB_PORT by default; with channels given
@@ -73,6 +74,7 @@ class Bot:
         self.ledger = LedgerService(self.store, settings.underlying, self.core.notify)
         self.run_id: int | None = None
         self._state = None  # the last tick's AgentState (for the ledger)
+        self._data_version: int | None = None
         self.interval = settings.loop_interval_sec  # the runner sets what it schedules
         self.dashboard_url: str | None = None  # the web channel sets it when it serves one
         self.log_file: str | None = None  # where the log goes when not the terminal
@@ -104,6 +106,10 @@ class Bot:
             underlying=s.underlying, brain=brain, profile=s.mode, dry_run=s.effective_dry_run,
             exchange=self.exchange.description, approval_mode=s.approval_mode,
             channels=tuple(c.name for c in self.core.channels))
+        for r in reconciled:  # told now that the channels are up (the store has it already)
+            if r.status in ("executed", "failed"):
+                await self.core.notify("failure" if r.status == "failed" else "fill",
+                                       f"After a restart: #{r.proposal_id} {r.status}: {r.message}", record=False)
         if self.web is None and self._web_from_settings:
             from .web.server import WebServer
 
@@ -167,6 +173,7 @@ class Bot:
         return out
 
     async def stop(self) -> None:
+        self.executor.closed = True  # a recording still retrying gives up: the restart settles it by label
         if self.web is not None:
             await self.web.stop()
         await self.core.drain()
@@ -275,12 +282,32 @@ class Bot:
             self._fallback_alerted = False
 
     async def sweep(self) -> None:
-        """Expire what is due and execute what is approved (from any process)."""
+        """Expire what is due, execute what is approved (from any process), and follow every order
+        still working or whose outcome is not known yet."""
         await self.core.announce_pause_change()
         for pid in self.approvals.expire_due():
             await self.core.refresh_proposal(pid)
         if not self.approvals.is_paused():
             await self.executor.execute_approved()
+        await self.executor.follow()
+
+    async def pick_up_votes(self) -> bool:
+        """Execute what another process approved, as soon as it commits: PRAGMA data_version (behind
+        `Store.data_version`) changes only when another connection writes, so an idle check costs
+        one pragma. True when something changed."""
+        version = self.store.data_version()
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        if not self.approvals.is_paused():
+            await self.executor.execute_approved()
+        return True
+
+    async def _on_order_event(self, pid: int, kind: str, text: str) -> None:
+        """One chat line per fill, partial fill, cancel, lost answer and found order (the store
+        already holds its `order_<kind>` event)."""
+        notice = "fill" if kind in ("fill", "partial_fill") else "failure" if kind == "alert" else "info"
+        await self.core.notify(notice, text, record=kind == "alert")
 
     async def _on_exec_change(self, pid: int) -> None:
         await self.core.refresh_proposal(pid)
