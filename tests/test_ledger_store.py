@@ -65,3 +65,12 @@ def test_metadata_yml_describes_real_tables_and_its_queries_run(store):
     week = store.db.conn.execute(db["queries"]["premium_per_week"]["sql"]).fetchone()
     assert week[2] == pytest.approx(0.001) and week[4] == pytest.approx(0.00003)
     assert {"ledger_fills", "ledger_settlements", "account_snapshots"} <= set(TABLES)
+
+
+def test_a_partial_fill_is_named_so():
+    from chatops.ledger_service import fill_text
+
+    part = Fill("BTC-2", 1_000, A, "sell", 0.1, 0.01, 0.00003, "BTC-9", "cc-x-2", 95_000.0, "open")
+    full = Fill("BTC-3", 2_000, A, "sell", 0.1, 0.01, 0.00003, "BTC-9", "cc-x-2", 95_000.0, "filled")
+    assert fill_text(part, "BTC").startswith("Partial fill: Sold 0.1 " + A + " at 0.0100 BTC ($95.00), fee 0.000030")
+    assert fill_text(full, "BTC").startswith("Fill: Sold") and "[cc-x-2]" in fill_text(full, "BTC")

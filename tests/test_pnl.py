@@ -54,6 +54,21 @@ def short(b):
     return p[0], b.exchange.paper.markets["BTC"].options[p[0]]
 
 
+async def until_filled(b, tries: int = 20) -> None:
+    """Ticks a minute apart (the order steps from mid toward the touch) until the ledger has read a new fill."""
+    def ledger_fills():
+        return [t for t in b.rec.texts("fill") if t.startswith(("Fill:", "Partial fill:"))]
+
+    before = len(ledger_fills())
+    for _ in range(tries):
+        b.exchange.clock.advance(60)
+        await b.sweep()
+        await b.tick()
+        if len(ledger_fills()) > before:
+            return
+    raise AssertionError("no fill read by the ledger")
+
+
 async def run_until_expiry(b, spec, index: float) -> None:
     paper = b.exchange.paper
     left = (spec.expiry_ms - b.exchange.clock.now_ms()) / 1000
@@ -66,9 +81,9 @@ async def run_until_expiry(b, spec, index: float) -> None:
 
 async def test_a_cycle_out_of_the_money_and_one_deep_in_it(bot, tmp_path, monkeypatch):
     b = bot
-    await b.tick()  # opens (auto), the fill lands
-    await b.tick()  # the ledger reads it
-    (fill,) = b.rec.texts("fill")[-1:]
+    await b.tick()  # opens (auto): the order works from mid toward the touch
+    await until_filled(b)  # the ledger reads the fill from the exchange
+    (fill,) = [t for t in b.rec.texts("fill") if t.startswith("Fill:")][-1:]
     name, spec = short(b)
     assert fill.startswith("Fill: Sold 0.1 " + name) and "fee 0.0000" in fill and "[cc-" in fill
     assert len(b.store.ledger_fills("BTC")) == 1
@@ -85,7 +100,9 @@ async def test_a_cycle_out_of_the_money_and_one_deep_in_it(bot, tmp_path, monkey
 
     b.exchange.clock.advance(3600)
     await b.tick()  # opens the next call
-    await b.tick()
+    await until_filled(b)
+    b.exchange.clock.advance(60)
+    await b.tick()  # the ledger reads what the exchange shows now
     name2, spec2 = short(b)
     assert name2 != name
     await b.daily_summary()
@@ -95,7 +112,7 @@ async def test_a_cycle_out_of_the_money_and_one_deep_in_it(bot, tmp_path, monkey
 
     # Deep in the money, no roll for a credit: told once, with the numbers and the choices.
     b.exchange.paper.set_index(spec2.strike * 1.25)
-    b.exchange.clock.advance(600)
+    b.exchange.clock.advance(2400)  # past the 30-minute hysteresis after the open
     await b.tick()
     b.exchange.clock.advance(600)
     await b.tick()
@@ -141,3 +158,31 @@ async def test_status_describes_the_running_bot_not_the_cli(bot, monkeypatch):
         assert cli.main(["status"]) == 0
     eth = out.getvalue()
     assert "No bot has run on ETH" in eth and "Last tick" not in eth and "No tick yet" in eth
+
+
+async def test_start_up_reconciles_the_ledger_with_the_exchange(tmp_path):
+    from agent.ledger import Fill
+    from chatops.store import Store
+
+    first = make_bot(tmp_path, clock=SimClock(start_ms=T0_MS))
+    first._channels = [Recorder()]
+    await first.start()
+    await first.tick()
+    await first.stop()
+    # A fill the exchange never made, written behind the bot's back.
+    store = Store(first.settings.database_path)
+    cursor = store.ledger_cursor("BTC")
+    store.record_ledger("BTC", [Fill("FAKE-1", T0_MS + 60_000, "BTC-4DEC26-100000-C", "sell", 0.1, 0.01, 0.00003)],
+                        [], cursor)
+    store.close()
+    rec = Recorder()
+    again = make_bot(tmp_path, clock=SimClock(start_ms=T0_MS + 3_600_000))
+    again._channels = [rec]
+    await again.start()
+    try:
+        await again.tick()
+        (told,) = [t for t in rec.texts("failure") if "Ledger and exchange disagree" in t]
+        assert "BTC-4DEC26-100000-C: ledger -0.1, exchange +0" in told
+        assert again.ledger.mismatches == ["BTC-4DEC26-100000-C: ledger -0.1, exchange +0"]
+    finally:
+        await again.stop()
