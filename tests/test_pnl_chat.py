@@ -20,7 +20,13 @@ async def open_and_tick(h, approver: str, channel: str) -> None:
     r = await h.bot.core.approve(p.id, approver, channel)
     assert r.ok, r.text
     await h.bot.core.drain()
-    assert h.store.get_proposal(p.id).status == "executed"
+    for _ in range(20):  # the order works from mid toward the touch: a minute at a time until it fills
+        if h.store.ledger_fills("BTC"):
+            break
+        h.clock.advance(60)
+        await h.bot.sweep()
+        await h.bot.core.drain()
+        await h.bot.tick()
     for _ in range(3):
         h.clock.advance(300)
         await h.bot.tick()
