@@ -111,12 +111,14 @@ def audit(store, settings: Settings, args) -> int:
         return 0
     since, until = _when(args.since), _when(args.until)
     if sub == "decisions":
-        rows = store.list_decisions(since=since, until=until, action=_action_filter(args.action), limit=args.limit)
-        headers = ["id", "ts", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
+        rows = store.list_decisions(since=since, until=until, action=_action_filter(args.action), limit=args.limit,
+                                    underlying=args.underlying)
+        headers = ["id", "ts", "underlying", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
     elif sub == "proposals":
         rows = [asdict(r) for r in store.list_proposals(status=_status_filter(args.status), since=since, until=until,
-                                                        action=_action_filter(args.action), limit=args.limit)]
-        headers = ["id", "created_at", "action", "symbol", "size", "status", "status_reason"]
+                                                        action=_action_filter(args.action), limit=args.limit,
+                                                        underlying=args.underlying)]
+        headers = ["id", "created_at", "underlying", "action", "symbol", "size", "status", "status_reason"]
     else:
         kind = event_kind(args.kind, _known_kinds(store)) if args.kind else None
         rows = store.list_events(since=since, until=until, proposal_id=args.proposal, kind=kind, limit=args.limit)
