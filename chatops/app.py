@@ -120,7 +120,7 @@ class Bot:
         s = self.settings
         brain = s.effective_decision_mode + (f" ({s.llm_model_name})" if s.effective_decision_mode != "rule" else "")
         self.run_id = self.store.record_bot_run(
-            underlying=s.underlying, brain=brain, profile=s.mode, dry_run=s.effective_dry_run,
+            underlying=",".join(s.underlyings), brain=brain, profile=s.mode, dry_run=s.effective_dry_run,
             exchange=self.exchange.description, approval_mode=s.approval_mode,
             channels=tuple(c.name for c in self.core.channels))
         for r in reconciled:  # told now that the channels are up (the store has it already)

@@ -140,7 +140,8 @@ class LedgerMixin:
                 conn.execute("UPDATE bot_runs SET heartbeat_at = ? WHERE id = ?", [now, run_id])
 
     def last_bot_run(self, underlying: str | None = None) -> dict[str, Any] | None:
-        where, params = ([], []) if underlying is None else (["underlying = ?"], [underlying])
+        # A bot trading several coins records them comma-separated (BTC,ETH): it runs each of them.
+        where, params = ([], []) if underlying is None else (["',' || underlying || ',' LIKE ?"], [f"%,{underlying},%"])
         r = self._row(f"SELECT * FROM bot_runs {self._where(where)} ORDER BY started_at DESC, id DESC LIMIT 1", params)
         if r is None:
             return None
