@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     max_price_drift_pct: float = Field(10.0, ge=0)
     auto_approve_max_size: float | None = Field(None, gt=0)  # None: DEFAULT_ORDER_SIZE
     database_path: str = "data/chatops.db"
+    # sqlite:///path or postgresql://user:pass@host:port/db; unset: SQLite at DATABASE_PATH. A secret
+    # (it may hold a password): shown as '***' everywhere.
+    database_url: SecretStr | None = None
+    leader_lease_sec: float = Field(10.0, ge=1, le=300)  # one bot leads; a standby takes over within 2x this
 
     # Who may decide, and tamper evidence (chatops/identity.py, chatops/store/chain.py)
     people_file: str | None = None  # TOML: persons, their identity per channel, their role
@@ -238,6 +242,17 @@ class Settings(BaseSettings):
             if not x.lstrip("-").isdigit():
                 raise ValueError("Telegram user ids are numbers, comma-separated")
         return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: SecretStr | None) -> SecretStr | None:
+        url = v.get_secret_value().strip() if v is not None else ""
+        if not url:
+            return None
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if not (scheme in ("sqlite", "postgresql", "postgres", "postgresql+psycopg") and url.split("://", 1)[1]):
+            raise ValueError("must be sqlite:///path/to/file.db or postgresql://user:password@host:5432/dbname")
+        return SecretStr(url)
 
     @field_validator("underlying", "log_level", mode="before")
     @classmethod
@@ -383,6 +398,11 @@ class Settings(BaseSettings):
     @property
     def index_name(self) -> str:
         return f"{self.underlying.lower()}_usd"
+
+    @property
+    def database_target(self) -> str:
+        """What the store opens: DATABASE_URL if set, else the SQLite file at DATABASE_PATH."""
+        return self.secret("database_url") or self.database_path
 
     def secret(self, name: str) -> str | None:
         """The plain value of a secret field, for the one place that must send it."""

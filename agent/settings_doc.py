@@ -119,6 +119,9 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("auto_approve_max_size", "auto mode approves orders up to this size; larger ones wait for a person",
          "DEFAULT_ORDER_SIZE"),
         ("database_path", "the SQLite file: decisions, proposals, votes, events"),
+        ("database_url", "sqlite:///path or postgresql://user:pass@host:5432/db (a secret: shown as ***)",
+         "unset: SQLite at DATABASE_PATH"),
+        ("leader_lease_sec", "bots on one database: one leads; a standby takes over within 2x this after it stops"),
     ],
     "Who may decide, and tamper evidence": [
         ("people_file", "TOML file of persons: their identity on each channel and their role", "none: the allowlists"),

@@ -21,9 +21,10 @@ from .ask import Asker
 from .core import Core
 from .engine import Executor
 from . import pnl as pnl_mod
+from .leader import Leadership
 from .ledger_service import LedgerService
 from .llm_wiring import LLMWiring
-from .store import Store
+from .store import LeaseLostError, Store, lease_line
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,13 @@ class Bot:
     """One running bot. `await bot.start()`, then ticks and sweeps (by the scheduler or by hand)."""
 
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
-                 channels: list | None = None, llm_client: Any = None, web: Any = None) -> None:
+                 channels: list | None = None, llm_client: Any = None, web: Any = None, lead: bool = False) -> None:
         self.settings = settings
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
-        self.store = store or Store(settings.database_path, now=self.now)
+        self.store = store or Store(settings.database_target, now=self.now)
+        # With `lead`, this bot acts only while it holds the database's leader lease (chatops/leader.py).
+        self.leader = Leadership(self.store, settings.leader_lease_sec) if lead else None
         # Every LLM call (ticks, shadow, questions) goes through this one wiring: one client, one budget.
         self.llm = LLMWiring(settings, self.store, client=llm_client, now=self.now)
         names = tuple(ch.name for ch in channels) if channels is not None else enabled_channel_names(settings)
@@ -107,6 +110,8 @@ class Bot:
 
     async def start(self) -> None:
         self.settings.check_min_trade()
+        if self.leader is not None:  # stand by until this bot leads; only then reconcile and start channels
+            await self.leader.wait_until_leader()
         self.approvals.check_startup()
         await self._check_network()
         # Before anything else: settle what a crash left in flight.
@@ -201,9 +206,14 @@ class Bot:
                 log.exception("channel %s did not stop cleanly", ch.name)
         self.core.channels.clear()
         await self.core.drain()  # a press handled while the channels stopped may have started an execution
-        if self.run_id is not None:
-            self.store.bot_heartbeat(self.run_id, stopped=True)
-        self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
+        try:
+            if self.run_id is not None:
+                self.store.bot_heartbeat(self.run_id, stopped=True)
+            self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
+        except LeaseLostError:
+            pass  # a deposed leader writes nothing more
+        if self.leader is not None:
+            self.leader.release()
         await self.exchange.aclose()
         await self.llm.aclose()
         self.store.close()
@@ -412,6 +422,8 @@ class Bot:
         problem = self.watchdog_problem()
         if problem:
             out["watchdog"] = problem
+        if self.leader is not None:
+            out["leader"] = lease_line(self.store.lease_status(self.settings.leader_lease_sec))
         if self.account_now:
             out["account_now"] = dict(self.account_now)
         return out

@@ -194,10 +194,13 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from .store import StoreBusyError
+        from .store import StoreBusyError, StoreUnavailableError
 
         if isinstance(exc, StoreBusyError):
             print(f"database busy: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, StoreUnavailableError):  # the database is unreachable (named without its password)
+            print(str(exc), file=sys.stderr)
             return 1
         raise
 
@@ -224,7 +227,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _web(settings, args)
     from .store import Store
 
-    store = Store(settings.database_path)
+    store = Store(settings.database_target)
     try:
         if cmd in ("status", "pending"):
             return _status(store, settings, cmd, args.json)
@@ -256,14 +259,15 @@ async def _run(settings: Settings, args) -> int:
 
     from .logs import log_file_path
 
-    bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper))
+    bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper), lead=True)
     bot.log_file = log_file_path(settings, "console" in enabled_channel_names(settings))
-    await bot.start()
+    await bot.start()  # stands by until this bot holds the leader lease
+    runner = BotRunner(bot, interval=args.interval, ticks=args.ticks)
     try:
-        await BotRunner(bot, interval=args.interval, ticks=args.ticks).run()
+        await runner.run()
     finally:
         await bot.stop()
-    return 0
+    return 3 if runner.lost_lease else 0
 
 
 async def _tick(settings: Settings, as_json: bool) -> int:
@@ -334,6 +338,7 @@ def format_decision(d, settings: Settings, tag: str | None = None) -> str:
 
 def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
     from .core import status_text
+    from .store import lease_line
 
     now = datetime.now(timezone.utc)
     if cmd == "status":
@@ -343,7 +348,8 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
             out = {"paused": store.get_flag("paused", "0") == "1", "bot": store.last_bot_run(settings.underlying),
                    "last_decision": last,
                    "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
-                   "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats}
+                   "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats,
+                   "leader": store.lease_status(settings.leader_lease_sec)}
             if len(settings.underlyings) > 1:  # a block per coin
                 out["underlyings"] = {c: _coin_status(store, c, now) for c in settings.underlyings}
             print(json.dumps(out, default=str, indent=2))
@@ -352,6 +358,7 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
         if stats.get("calls"):
             fb = stats.get("fallbacks", 0)
             live["llm"] = f"LLM: {stats['calls']} calls in 24 h, {fb} fallbacks ({fb / stats['calls'] * 100:.0f}%)"
+        live["leader"] = lease_line(store.lease_status(settings.leader_lease_sec))
         print(status_text(store, settings, now, live))
         return 0
     rows = store.pending_proposals()

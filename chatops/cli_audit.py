@@ -24,7 +24,7 @@ PROPOSAL_STATUSES = ("pending", "approved", "executing", "executed", "failed", "
 # Every kind of row the events table holds (tests/test_cli.py checks the code writes no other).
 EVENT_KINDS = ("proposal_created", *(f"proposal_{s}" for s in PROPOSAL_STATUSES if s != "pending"), "vote",
                "execution_recorded", "unauthorized", "unauthorized_vote", "auto_approve_declined", "flag_set",
-               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed", "cancel_requested",
+               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed", "cancel_requested", "leader_elected",
                *(f"order_{k}" for k in ("sent", "unknown", "found", "fill", "partial_fill", "repriced", "cancelled",
                                         "rejected", "not_found")))
 
@@ -147,7 +147,7 @@ def _short(v: Any, n: int = 60) -> str:
 def _export(store, args) -> int:
     rows = store.iter_rows(args.table, since=_when(args.since), until=_when(args.until))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
-    total = store.db[args.table].count if args.out else None
+    total = store.count(args.table) if args.out else None
     n = 0
     try:
         writer = None

@@ -467,7 +467,7 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
     llm = live.get("llm")
     if llm:
         lines.append(llm)
-    for k in ("watchdog", "exchange"):
+    for k in ("watchdog", "exchange", "leader"):
         if live.get(k):
             lines.append(str(live[k]))
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import signal
-import sqlite3
+from sqlalchemy.exc import OperationalError
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
@@ -121,7 +121,7 @@ class Executor:
         while True:
             try:
                 return fn()
-            except (StoreBusyError, sqlite3.OperationalError) as exc:
+            except (StoreBusyError, OperationalError) as exc:
                 if self.closed:
                     raise
                 log.warning("recording %s failed (%s); retrying in %.2fs", what, exc, delay)

@@ -34,10 +34,11 @@ class BotRunner:
         self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
         self._watchdog_said: str | None = None
         self._running: set[asyncio.Task] = set()
+        self.lost_lease = False
 
     async def _job(self, coro_fn) -> None:
         """Run one job as a tracked task, so a stop can wait for it."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or not self._leading():
             return
         task = asyncio.current_task()
         if task is not None:
@@ -49,6 +50,21 @@ class BotRunner:
         finally:
             if task is not None:
                 self._running.discard(task)
+
+    def _leading(self) -> bool:
+        """False once this bot cannot be sure it leads: then it stops (a standby takes over)."""
+        leader = self.bot.leader
+        if leader is None or leader.acting():
+            return True
+        self.lost_lease = True
+        self.stopping.set()
+        return False
+
+    async def lease_job(self) -> None:
+        """The leadership renews in its own task (from the moment it leads); this only notices a loss."""
+        if self.bot.leader.lost.is_set() or not self.bot.leader.acting():
+            self.lost_lease = True
+            self.stopping.set()
 
     def job_id(self, coin: str) -> str:
         """`tick` for a single coin (as before), `tick-BTC`, `tick-ETH` for several."""
@@ -73,6 +89,8 @@ class BotRunner:
         return not self.bot.store.proposals_in_status("pending", "approved", "executing")
 
     async def watchdog_job(self) -> None:
+        if not self._leading():
+            return
         problem = self.bot.watchdog_problem()
         if problem and problem != self._watchdog_said:
             await self.bot.core.notify("watchdog", problem)
@@ -91,6 +109,9 @@ class BotRunner:
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
                 pass
         s = self.scheduler
+        if self.bot.leader is not None:
+            s.add_job(self.lease_job, "interval", seconds=min(1.0, self.bot.leader.renew_every), id="lease",
+                      max_instances=1, coalesce=True)
         # One tick job per coin, staggered across the interval: they share one client and its rate limits.
         coins = self.bot.underlyings
         start = datetime.now(timezone.utc)

@@ -88,7 +88,7 @@ async def test_a_cycle_out_of_the_money_and_one_deep_in_it(bot, tmp_path, monkey
     assert fill.startswith("Fill: Sold 0.1 " + name) and "fee 0.0000" in fill and "[cc-" in fill
     assert len(b.store.ledger_fills("BTC")) == 1
     # Decision state by name, as Datasette and ad-hoc SQL read it.
-    c = b.store.db.conn
+    c = b.store.db
     spot, pos = c.execute("SELECT json_extract(state_json, '$.spot'), json_extract(state_json, '$.pos[0].name') "
                           "FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
     assert spot > 0 and pos == name

@@ -12,7 +12,67 @@ from typing import Any
 from agent.clock import to_datetime
 from agent.ledger import Fill, Mark, Settlement, Snapshot
 
+from .chain import chained
 from .common import dumps, iso, parse_ts
+from .db import Database
+
+LEDGER_DDL = [
+    # The exchange's own records, append-only: what the P&L is computed from (agent/ledger.py).
+    # An integer id (the audit chain's row id) beside the exchange's trade id (unique: read once).
+    # ts_ms is epoch milliseconds: BIGINT (PostgreSQL's INTEGER is 4 bytes; SQLite's is 8 either way).
+    """CREATE TABLE ledger_fills (
+        id INTEGER PRIMARY KEY, trade_id TEXT NOT NULL UNIQUE, ts TEXT NOT NULL, ts_ms BIGINT NOT NULL,
+        underlying TEXT NOT NULL, instrument_name TEXT NOT NULL, direction TEXT NOT NULL, amount REAL NOT NULL,
+        price REAL NOT NULL, fee REAL NOT NULL, order_id TEXT, label TEXT, index_price REAL, order_state TEXT,
+        recorded_at TEXT NOT NULL)""",
+    """CREATE TABLE ledger_settlements (
+        id INTEGER PRIMARY KEY, ts TEXT NOT NULL, ts_ms BIGINT NOT NULL, underlying TEXT NOT NULL,
+        instrument_name TEXT NOT NULL, position REAL NOT NULL, payoff REAL NOT NULL, delivery_price REAL NOT NULL,
+        cash_flow REAL NOT NULL, type TEXT NOT NULL, recorded_at TEXT NOT NULL,
+        UNIQUE (underlying, instrument_name, ts_ms))""",
+    # One row per tick: equity, the index and the open positions' marks (the P&L's start and end points).
+    """CREATE TABLE account_snapshots (
+        id INTEGER PRIMARY KEY, ts TEXT NOT NULL, ts_ms BIGINT NOT NULL, underlying TEXT NOT NULL,
+        equity REAL NOT NULL, spot REAL NOT NULL, options_value REAL NOT NULL, marks_json TEXT NOT NULL)""",
+    """CREATE TABLE ledger_cursor (
+        underlying TEXT PRIMARY KEY, cursor_json TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+    """CREATE TABLE notices_sent (
+        key TEXT PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL)""",
+    # What each running bot runs with, so `chatops status` describes the bot, not the CLI's settings.
+    """CREATE TABLE bot_runs (
+        id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL, stopped_at TEXT,
+        underlying TEXT NOT NULL, brain TEXT NOT NULL, profile TEXT NOT NULL, dry_run INTEGER NOT NULL,
+        exchange TEXT NOT NULL, approval_mode TEXT NOT NULL, channels TEXT NOT NULL, pid INTEGER, host TEXT)""",
+    "CREATE INDEX idx_ledger_fills_ts ON ledger_fills(underlying, ts_ms)",
+    "CREATE INDEX idx_ledger_settlements_ts ON ledger_settlements(underlying, ts_ms)",
+    "CREATE INDEX idx_account_snapshots_ts ON account_snapshots(underlying, ts_ms)",
+    "CREATE INDEX idx_bot_runs_underlying ON bot_runs(underlying, started_at)",
+]
+LEDGER_APPEND_ONLY = ("ledger_fills", "ledger_settlements")
+for _t in LEDGER_APPEND_ONLY:
+    chained(_t)  # the exchange's records join the audit chain (empty tables when created: nothing to backfill)
+
+
+def _decision_state_view(db: Database) -> str:
+    """Decision state by name, for Datasette and ad-hoc SQL (state_json keeps named keys too)."""
+    cols = [("spot", "spot", True), ("eq", "equity", True), ("od", "options_delta", True),
+            ("mu", "margin_used_pct", True), ("n_cand", "candidates", True), ("sel.instrument_name", "chosen", False),
+            ("sel.delta", "chosen_delta", True), ("sel.dte", "chosen_dte", True)]
+    exprs = ", ".join(f"{(db.json_number if num else db.json_text)('state_json', key)} AS {name}"
+                      for key, name, num in cols)
+    return (f"CREATE VIEW decision_state AS SELECT id, ts, underlying, decision_source, final_action, final_symbol, "
+            f"{exprs} FROM decisions")
+
+
+def _m007_ledger(db: Database) -> None:
+    """The ledger (fills, settlements, account snapshots, cursor), notices said once, bot runs."""
+    stmts = list(LEDGER_DDL)
+    for t in LEDGER_APPEND_ONLY:
+        stmts += (db.refuse_trigger(f"{t}_no_update", "BEFORE UPDATE", t, f"append-only table: {t}")
+                  + db.refuse_trigger(f"{t}_no_delete", "BEFORE DELETE", t, f"append-only table: {t}"))
+    stmts.append(_decision_state_view(db))
+    for stmt in stmts:
+        db.execute(stmt)
 
 
 def _ms(dt: datetime) -> int:
@@ -30,20 +90,18 @@ class LedgerMixin:
         now = iso(self._now())
         nf = ns = 0
         with self.write() as conn:
-            for f in fills:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO ledger_fills (trade_id, ts, ts_ms, underlying, instrument_name, direction, "
-                    "amount, price, fee, order_id, label, index_price, order_state, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [f.trade_id, iso(to_datetime(f.timestamp)), f.timestamp, underlying, f.instrument_name, f.direction,
-                     f.amount, f.price, f.fee, f.order_id, f.label, f.index_price, f.order_state, now])
-                nf += cur.rowcount
+            for f in fills:  # one already stored (its trade id) is skipped; a new one joins the audit chain
+                nf += bool(self._insert(conn, "ledger_fills", {
+                    "trade_id": f.trade_id, "ts": iso(to_datetime(f.timestamp)), "ts_ms": f.timestamp,
+                    "underlying": underlying, "instrument_name": f.instrument_name, "direction": f.direction,
+                    "amount": f.amount, "price": f.price, "fee": f.fee, "order_id": f.order_id, "label": f.label,
+                    "index_price": f.index_price, "order_state": f.order_state, "recorded_at": now}, or_ignore=True))
             for s in settlements:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO ledger_settlements (ts, ts_ms, underlying, instrument_name, position, payoff, "
-                    "delivery_price, cash_flow, type, recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [iso(to_datetime(s.timestamp)), s.timestamp, underlying, s.instrument_name, s.position, s.payoff,
-                     s.delivery_price, s.cash_flow, s.type, now])
-                ns += cur.rowcount
+                ns += bool(self._insert(conn, "ledger_settlements", {
+                    "ts": iso(to_datetime(s.timestamp)), "ts_ms": s.timestamp, "underlying": underlying,
+                    "instrument_name": s.instrument_name, "position": s.position, "payoff": s.payoff,
+                    "delivery_price": s.delivery_price, "cash_flow": s.cash_flow, "type": s.type,
+                    "recorded_at": now}, or_ignore=True))
             conn.execute("INSERT INTO ledger_cursor (underlying, cursor_json, updated_at) VALUES (?, ?, ?) "
                          "ON CONFLICT(underlying) DO UPDATE SET cursor_json = excluded.cursor_json, "
                          "updated_at = excluded.updated_at", [underlying, dumps(cursor), now])
@@ -51,7 +109,7 @@ class LedgerMixin:
                 self._insert_snapshot(conn, underlying, snapshot)
         return nf, ns
 
-    def _insert_snapshot(self, conn, underlying: str, s: Snapshot) -> None:
+    def _insert_snapshot(self, conn: Database, underlying: str, s: Snapshot) -> None:
         marks = [{"instrument_name": m.instrument_name, "size": m.size, "mark": m.mark} for m in s.marks]
         self._insert(conn, "account_snapshots", {
             "ts": iso(to_datetime(s.timestamp)), "ts_ms": s.timestamp, "underlying": underlying, "equity": s.equity,
@@ -111,7 +169,7 @@ class LedgerMixin:
     def claim_notice(self, key: str, kind: str, text: str) -> bool:
         """True the first time a notice key is claimed (say it), False ever after (said already)."""
         with self.write() as conn:
-            cur = conn.execute("INSERT OR IGNORE INTO notices_sent (key, ts, kind, text) VALUES (?, ?, ?, ?)",
+            cur = conn.execute("INSERT INTO notices_sent (key, ts, kind, text) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                                [key, iso(self._now()), kind, text])
             return cur.rowcount == 1
 
