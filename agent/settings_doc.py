@@ -71,7 +71,11 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("expire_max_delta", "the small delta that lets a call expire"),
         ("roll_trigger_delta", "roll up and out when the call's delta reaches this ..."),
         ("roll_trigger_spot_pct", "... or the spot reaches this % of the strike"),
+        ("roll_min_dte", "a roll goes to a call with at least this many days to expiry (searched over the whole chain)"),
+        ("roll_max_dte", "... and at most this many"),
+        ("roll_target_delta", "the roll goes to the credit call nearest this delta"),
         ("roll_max_delta", "the call rolled into has at most this delta"),
+        ("deep_itm_delta", "a short this deep in the money with no roll for a credit is told once in chat, with the choices"),
         ("max_rolls", "rolls at most this many times in one chain"),
         ("hysteresis_min", "minutes after an executed action before the same instrument is acted on again"),
         ("reject_cooldown_min", "minutes a rejected action is not proposed again (unless its price moved more "
@@ -80,7 +84,10 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
     "Sizing and risk": [
         ("default_order_size", "contracts (coin) per order"),
         ("max_margin_used_pct", "risk: block when margin used would exceed this %"),
-        ("max_net_delta_abs", "risk: block when the options book's delta (coin) would exceed this"),
+        ("max_options_delta_abs", "risk: block when the options book's delta (coin, premium-adjusted as Deribit's "
+                                  "options_delta) would exceed this"),
+        ("max_net_delta_abs", "risk: block when the coin held plus the options book's delta would move past this "
+                              "(what lowers it always passes)", "none: no net limit"),
         ("max_expiry_exposure", "risk: short calls per expiry (coin) at most this"),
         ("max_state_age_sec", "risk: a state older than this many seconds is not acted on"),
         ("max_slippage_pct", "a sell is never priced below the mark minus this % (a buy never above plus)"),

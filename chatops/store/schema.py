@@ -336,13 +336,17 @@ def _m004_authority(db: Database) -> None:
             chain_backfill(db, table)
 
 
-def _m007_history_index(db: Database) -> None:
+def _m008_history_index(db: Database) -> None:
     """The policy's history reads executed proposals of a window, newest last: an index that ends
     the scan at the window instead of at the first executed proposal ever."""
     db.execute("CREATE INDEX IF NOT EXISTS idx_proposals_history ON proposals(underlying, status, updated_at)")
 
 
 from .orders import _m005_order_tracking  # noqa: E402  (its DDL lives with its records)
+
+
+from .ledger import _m007_ledger  # noqa: E402  (its DDL lives with its records)
+
 
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
@@ -352,7 +356,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("authority", _m004_authority),
     ("order_tracking", _m005_order_tracking),
     ("leader_lease", lease_migration),
-    ("history_index", _m007_history_index),
+    ("ledger", _m007_ledger),
+    ("history_index", _m008_history_index),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
