@@ -136,7 +136,7 @@ class Settings(BaseSettings):
 
     # Who may decide, and tamper evidence (chatops/identity.py, chatops/store/chain.py)
     people_file: str | None = None  # TOML: persons, their identity per channel, their role
-    audit_anchor_file: str = "data/audit-anchors.log"  # append-only copy of chain heads, outside the database
+    audit_anchor_file: str | None = None  # append-only copy of chain heads; None: audit-anchors.log beside the database
     audit_anchor_every: int = Field(100, ge=1, le=1_000_000)  # events between two anchors
 
     # Channels
@@ -228,6 +228,11 @@ class Settings(BaseSettings):
     @property
     def effective_paper_state_path(self) -> str:
         return self.paper_state_path or str(Path("data") / f"paper_exchange_{self.underlying}.json")
+
+    @property
+    def effective_audit_anchor_file(self) -> str:
+        """AUDIT_ANCHOR_FILE, else audit-anchors.log in the database's directory (data/ by default)."""
+        return self.audit_anchor_file or str(Path(self.database_path).parent / "audit-anchors.log")
 
     @property
     def effective_console_users(self) -> tuple[str, ...]:

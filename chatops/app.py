@@ -63,6 +63,7 @@ class Bot:
         self._tick_lock = asyncio.Lock()
         self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
+        self._anchored = self.store.audit_head().count  # chain entries covered by the last anchor written
 
     def now(self):
         return to_datetime(self.exchange.clock.now_ms())
@@ -116,6 +117,7 @@ class Bot:
         self.core.channels.clear()
         await self.core.drain()  # a press handled while the channels stopped may have started an execution
         self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
+        self.anchor("stop", force=True)
         await self.exchange.aclose()
         await self.llm.aclose()
         self.store.close()
@@ -184,11 +186,29 @@ class Bot:
             self._fallback_alerted = False
 
     async def sweep(self) -> None:
-        """Expire what is due and execute what is approved (from any process)."""
+        """Expire what is due and execute what is approved (from any process); anchor the chain."""
         for pid in self.approvals.expire_due():
             await self.core.refresh_proposal(pid)
         if not self.approvals.is_paused():
             await self.executor.execute_approved()
+        self.anchor(f"every {self.settings.audit_anchor_every}")
+
+    def anchor(self, why: str, *, force: bool = False):
+        """Append the audit chain's head to AUDIT_ANCHOR_FILE when AUDIT_ANCHOR_EVERY entries were
+        added since the last anchor (or whenever it moved, with force); the head, or None."""
+        from .store.chain import append_anchor
+
+        head = self.store.audit_head()
+        due = head.count - self._anchored
+        if due <= 0 or (not force and due < self.settings.audit_anchor_every):
+            return None
+        try:
+            append_anchor(self.settings.effective_audit_anchor_file, head, why=why)
+        except OSError as exc:  # never stops the bot; said in the log, tried again next sweep
+            log.error("audit anchor not written to %s: %s", self.settings.effective_audit_anchor_file, exc)
+            return None
+        self._anchored = head.count
+        return head
 
     async def _on_exec_change(self, pid: int) -> None:
         await self.core.refresh_proposal(pid)
@@ -214,6 +234,9 @@ class Bot:
         if last and last.get("state"):
             st = last["state"]
             text += f" Equity {st.get('eq', 0):.4f} {self.settings.underlying}, {len(st.get('pos') or [])} open positions."
+        # The chain's head, outside the database: `chatops audit verify --head HASH:N` checks it later.
+        self.anchor("daily summary", force=True)
+        text += f" Audit head {self.store.audit_head().as_text()}."
         await self.core.notify("daily_summary", text)
 
     def watchdog_problem(self) -> str | None:

@@ -77,7 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="file (default: stdout)")
     ex.add_argument("--since")
     ex.add_argument("--until")
-    asub.add_parser("verify", help="recompute the events hash chain; name the first broken row")
+    vf = asub.add_parser("verify", help="recompute the audit chain (every audit table) and check it against anchors")
+    vf.add_argument("--anchors", help="anchor file (default AUDIT_ANCHOR_FILE, when it exists)")
+    vf.add_argument("--head", action="append", default=[], metavar="HASH:N",
+                    help="a head kept elsewhere (as `audit head` printed it); repeatable")
+    asub.add_parser("head", help="the audit chain's head: HASH:N (keep a copy where this machine cannot rewrite it)")
     shd = asub.add_parser("shadow", help="rules vs LLM in shadow mode: agreement, confusion matrix, strikes and DTE")
     shd.add_argument("--since")
     shd.add_argument("--json", action="store_true")
@@ -299,13 +303,11 @@ def _audit(store, settings: Settings, args) -> int:
     from . import render
 
     sub = args.audit_cmd
+    if sub == "head":
+        print(store.audit_head().as_text())
+        return 0
     if sub == "verify":
-        report = store.verify_chain()
-        if report.ok:
-            print(f"audit chain OK: {report.checked} events verified")
-            return 0
-        print(f"audit chain BROKEN at event {report.first_broken_id}: {report.reason} ({report.checked} checked)")
-        return 1
+        return _verify(store, settings, args)
     if sub == "show":
         story = store.proposal_story(args.id)
         if not story:
@@ -342,6 +344,31 @@ def _audit(store, settings: Settings, args) -> int:
         return 0
     print(render.table([[_short(r.get(h)) for h in headers] for r in rows], headers) if rows else f"No {sub}.")
     return 0
+
+
+def _verify(store, settings: Settings, args) -> int:
+    """The events chain, the audit chain over every audit table, and every anchor given."""
+    from .store import parse_head, read_anchors
+
+    anchors = []
+    path = Path(args.anchors or settings.effective_audit_anchor_file)
+    try:
+        if args.anchors or path.exists():
+            anchors += read_anchors(path)
+        anchors += [parse_head(h) for h in args.head]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"audit verify: {exc}") from None
+    events = store.verify_chain()
+    report = store.verify_audit(anchors)
+    if not events.ok:
+        report.ok = False
+        report.problems.insert(0, f"event {events.first_broken_id}: {events.reason}")
+    print(report.as_text())
+    for line in report.problems[1:]:
+        print(f"  also: {line}")
+    if report.ok and not anchors:
+        print("  (no anchor given: a cut-off tail or a rewritten suffix shows only against a head kept elsewhere)")
+    return 0 if report.ok else 1
 
 
 def _short(v: Any, n: int = 60) -> str:
