@@ -15,6 +15,7 @@ from agent.exchange import Exchange, open_exchange
 from agent.models import Decision
 from agent.tick import run_tick
 
+from . import redact
 from .approvals import ApprovalService
 from .ask import Asker
 from .core import Core
@@ -43,6 +44,7 @@ class Bot:
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
                  channels: list | None = None, llm_client: Any = None) -> None:
         self.settings = settings
+        redact.configure(settings)  # the one redactor knows this bot's secrets before anything is stored or sent
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
         self.store = store or Store(settings.database_path, now=self.now)

@@ -377,7 +377,10 @@ def _short(v: Any, n: int = 60) -> str:
 
 
 def _export(store, args) -> int:
-    rows = store.iter_rows(args.table, since=_when(args.since), until=_when(args.until))
+    from .redact import redact_value
+
+    # Redacted again on the way out: rows written before the store redacted are exported clean too.
+    rows = (redact_value(r) for r in store.iter_rows(args.table, since=_when(args.since), until=_when(args.until)))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     total = store.db[args.table].count if args.out else None
     n = 0

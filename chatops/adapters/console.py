@@ -16,6 +16,7 @@ from typing import TextIO
 from chatops.render import Card
 
 from chatops.identity import os_user
+from chatops.redact import redact
 
 from .base import CoreAPI, Notice, Reply
 
@@ -46,7 +47,7 @@ class ConsoleChannel:
         return f"{code}{text}{RESET}" if self.color else text
 
     def _print(self, text: str) -> None:
-        self.stdout.write(text + "\n")
+        self.stdout.write(redact(text) + "\n")
         self.stdout.flush()
 
     def _render(self, card: Card, compact: bool = False) -> str:

@@ -17,12 +17,14 @@ a plain-text retry, a rate-limit wait).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
+from chatops.redact import redact_value
 from chatops.render import Card
 
 from .base import CoreAPI
@@ -52,6 +54,19 @@ class QueuedJob:
     @classmethod
     def from_payload(cls, p: dict[str, Any], outbox_id: int, attempts: int) -> Any:
         raise NotImplementedError
+
+
+def redact_job(job: QueuedJob) -> None:
+    """Pass every text a job carries (chunks, blocks, text) through the one redactor, in place."""
+    for f in fields(job):
+        value = getattr(job, f.name)
+        if isinstance(value, (str, list, tuple, dict)) and f.name not in ("op", "dest"):
+            setattr(job, f.name, redact_value(value))
+
+
+def _redacted_card(card: Card) -> Card:
+    return dataclasses.replace(card, **{f.name: redact_value(getattr(card, f.name)) for f in fields(card)
+                                        if isinstance(getattr(card, f.name), (str, list, tuple))})
 
 
 class DeliveryQueue:
@@ -110,13 +125,13 @@ class DeliveryQueue:
         it already has (the card is kept so that the newest state is what goes out)."""
         if not dest:
             return
-        self.cards[pid] = card
+        self.cards[pid] = _redacted_card(card)
         self.enqueue(self.job_type.for_proposal(dest, pid))
 
     def update_proposal(self, pid: int, card: Card, default_dest: str | None) -> None:
         """Queue bringing the proposal's message in line with `card`, in the chat where it was
         posted, else in `default_dest` (never posted yet), else nowhere."""
-        self.cards[pid] = card
+        self.cards[pid] = _redacted_card(card)
         core = self.core()
         refs = core.message_refs(pid, self.channel) if core else []
         dest = refs[0][0] if refs else default_dest
@@ -126,6 +141,7 @@ class DeliveryQueue:
     # --- queues and senders ----------------------------------------------------------------------------
 
     def enqueue(self, job: QueuedJob) -> None:
+        redact_job(job)  # nothing reaches a chat (or the outbox) with a secret in it
         dest = str(job.dest)
         if self.stopping and dest not in self._workers:
             self.to_outbox(job, "queued during shutdown", leftover=True)

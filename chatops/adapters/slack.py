@@ -45,6 +45,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agent.config import ConfigError, Settings
+from chatops.redact import redact, redact_value
 from chatops.render import Card
 
 from .base import CoreAPI, Notice
@@ -465,6 +466,7 @@ class SlackChannel(SlackInbound):
         channel = channel or self.channel_id
         if not channel or not user:
             return
+        text, blocks = redact(text), redact_value(blocks)  # sent at once, not through the (redacting) queue
         try:
             await self.client.chat_postEphemeral(channel=channel, user=user, text=text or " ", blocks=blocks or None)
             self.stats["ephemeral"] += 1

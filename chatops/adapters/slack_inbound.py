@@ -9,6 +9,8 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from chatops.redact import redact, redact_value
+
 from .base import Reply
 from .slack_render import (
     ACTION_APPROVE,
@@ -211,6 +213,7 @@ class SlackInbound:
     async def _respond(self, respond: Any, channel: str | None, user: str | None, text: str,
                        blocks: list[dict[str, Any]], kind: str) -> None:
         """Answer a slash command through its response_url (works in any conversation), else directly."""
+        text, blocks = redact(text), redact_value(blocks)
         if respond is not None and getattr(respond, "response_url", None):
             try:
                 resp = await respond(text=text or " ", blocks=blocks, response_type=kind)

@@ -17,6 +17,8 @@ from telegram.error import (
 )
 from telegram.ext import ContextTypes
 
+from chatops.redact import redact
+
 from .base import Reply
 from .telegram_render import (
     CALLBACK_RE,
@@ -51,7 +53,7 @@ class TelegramInbound:
 
     async def _answer(self, query: Any, text: str, alert: bool = False) -> None:
         try:
-            await query.answer(text[:200], show_alert=alert)
+            await query.answer(redact(text)[:200], show_alert=alert)
         except TelegramError as exc:  # too old (stale press after a restart) or a network blip
             log.info("telegram: could not answer a button press: %s", self._clean(str(exc)))
 
