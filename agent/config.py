@@ -49,6 +49,14 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
+# Defaults by underlying: Deribit's option minimum is 0.1 BTC and 1 ETH, so the order size (and the
+# per-expiry and delta limits sized from it) follow the underlying unless set.
+UNDERLYING_DEFAULTS: dict[str, dict[str, float]] = {
+    "BTC": {"default_order_size": 0.1, "max_expiry_exposure": 0.5, "max_net_delta_abs": 1.0},
+    "ETH": {"default_order_size": 1.0, "max_expiry_exposure": 5.0, "max_net_delta_abs": 10.0},
+}
+DEFAULT_ORDER_SIZE = {u: d["default_order_size"] for u, d in UNDERLYING_DEFAULTS.items()}
+
 
 class ConfigError(Exception):
     """A bad configuration value; the message is one line meant for the operator."""
@@ -56,7 +64,8 @@ class ConfigError(Exception):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, case_sensitive=False
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, case_sensitive=False,
+        allow_inf_nan=False,  # inf and nan are never a setting: APPROVAL_TTL_SEC=inf would disable a check
     )
 
     # Exchange
@@ -71,9 +80,9 @@ class Settings(BaseSettings):
     # exchange served by `chatops paper-exchange`; otherwise it runs one in process.
     paper_exchange_url: str | None = None
     paper_state_path: str | None = None  # default data/paper_exchange_<UNDERLYING>.json
-    paper_seed: int = 7
-    paper_equity: float = Field(1.0, ge=0)
-    paper_speed: float | None = Field(None, gt=0)  # simulated clock speed factor; None = wall time
+    paper_seed: int = Field(7, ge=0, le=2**31 - 1)
+    paper_equity: float = Field(1.0, ge=0, le=1_000_000)
+    paper_speed: float | None = Field(None, gt=0, le=100_000)  # simulated clock speed factor; None = wall time
     paper_client_id: str | None = None
     paper_client_secret: SecretStr | None = None
 
@@ -84,54 +93,54 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     llm_timeout_sec: float = Field(30.0, gt=0, le=600)
-    llm_daily_token_budget: int = Field(200_000, ge=0)
+    llm_daily_token_budget: int = Field(200_000, ge=0, le=1_000_000_000)
     llm_fallback_alert_pct: float = Field(30.0, ge=0, le=100)
     # USD per million tokens; None: from the model's row in agent.llm.caps.PRICES (0 if unlisted)
-    llm_price_in_per_mtok: float | None = Field(None, ge=0)
-    llm_price_out_per_mtok: float | None = Field(None, ge=0)
+    llm_price_in_per_mtok: float | None = Field(None, ge=0, le=10_000)
+    llm_price_out_per_mtok: float | None = Field(None, ge=0, le=10_000)
     # Reasoning models (o1, o3, o4, gpt-5 and later): how hard they think before answering
     llm_reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] = "low"
 
     # Policy profile and its values (None: from the profile)
     mode: Literal["conservative", "research"] = "conservative"
-    min_dte: float | None = Field(None, ge=0)
-    max_dte: float | None = Field(None, gt=0)
-    target_dte: float | None = Field(None, gt=0)
+    min_dte: float | None = Field(None, ge=0, le=365)
+    max_dte: float | None = Field(None, gt=0, le=365)
+    target_dte: float | None = Field(None, gt=0, le=365)
     min_delta: float | None = Field(None, gt=0, lt=1)
     max_delta: float | None = Field(None, gt=0, lt=1)
     target_delta: float | None = Field(None, gt=0, lt=1)
-    min_otm_pct: float | None = Field(None, ge=0)
-    min_premium: float | None = Field(None, ge=0)
-    min_annual_yield_pct: float | None = Field(None, ge=0)
-    max_spread_pct: float | None = Field(None, gt=0)
-    min_open_interest: float | None = Field(None, ge=0)
+    min_otm_pct: float | None = Field(None, ge=0, le=100)
+    min_premium: float | None = Field(None, ge=0, le=1)
+    min_annual_yield_pct: float | None = Field(None, ge=0, le=1000)
+    max_spread_pct: float | None = Field(None, gt=0, le=1000)
+    min_open_interest: float | None = Field(None, ge=0, le=1_000_000_000)
 
     # Managing an open call
     close_capture_pct: float = Field(80.0, gt=0, le=100)
-    close_min_hours_left: float = Field(48.0, ge=0)
-    expire_hours: float = Field(24.0, ge=0)
+    close_min_hours_left: float = Field(48.0, ge=0, le=8760)
+    expire_hours: float = Field(24.0, ge=0, le=8760)
     expire_max_delta: float = Field(0.05, ge=0, lt=1)
     roll_trigger_delta: float = Field(0.50, gt=0, lt=1)
-    roll_trigger_spot_pct: float = Field(98.0, gt=0)
+    roll_trigger_spot_pct: float = Field(98.0, gt=0, le=1000)
     roll_max_delta: float = Field(0.30, gt=0, lt=1)
-    max_rolls: int = Field(3, ge=0)
-    hysteresis_min: float = Field(60.0, ge=0)
+    max_rolls: int = Field(3, ge=0, le=100)
+    hysteresis_min: float = Field(60.0, ge=0, le=10_080)
 
     # Sizing and risk
-    default_order_size: float = Field(0.1, gt=0)
+    default_order_size: float = Field(0.1, gt=0, le=10_000)  # default by underlying: 0.1 BTC, 1 ETH
     max_margin_used_pct: float = Field(50.0, gt=0, le=100)
-    max_net_delta_abs: float = Field(1.0, ge=0)
-    max_expiry_exposure: float = Field(0.5, ge=0)
-    max_state_age_sec: float = Field(30.0, gt=0)
+    max_net_delta_abs: float = Field(1.0, ge=0, le=100_000)
+    max_expiry_exposure: float = Field(0.5, ge=0, le=100_000)
+    max_state_age_sec: float = Field(30.0, gt=0, le=3600)
     max_slippage_pct: float = Field(10.0, ge=0, le=100)  # BTC option spreads are wide: 1 tick of 0.0005 is ~4 % of a 0.012 premium
 
     # Loop and approvals
-    loop_interval_sec: float = Field(300.0, ge=1)
+    loop_interval_sec: float = Field(300.0, ge=1, le=86_400)
     approval_mode: Literal["manual", "auto"] = "manual"
-    approval_ttl_sec: float = Field(300.0, ge=5)
+    approval_ttl_sec: float = Field(300.0, ge=5, le=604_800)
     approvals_required: int = Field(1, ge=1, le=10)
-    max_price_drift_pct: float = Field(10.0, ge=0)
-    auto_approve_max_size: float | None = Field(None, gt=0)  # None: DEFAULT_ORDER_SIZE
+    max_price_drift_pct: float = Field(10.0, ge=0, le=100)
+    auto_approve_max_size: float | None = Field(None, gt=0, le=10_000)  # None: DEFAULT_ORDER_SIZE
     database_path: str = "data/chatops.db"
 
     # Who may decide, and tamper evidence (chatops/identity.py, chatops/store/chain.py)
@@ -194,6 +203,9 @@ class Settings(BaseSettings):
         if profile not in PROFILES:
             return data  # the field validator reports it
         out = dict(data)
+        for key, value in UNDERLYING_DEFAULTS.get(str(lowered.get("underlying") or "BTC").upper(), {}).items():
+            if lowered.get(key) in (None, ""):  # the default follows the underlying
+                out[key] = value
         for key, value in PROFILES[profile].items():
             if lowered.get(key) in (None, ""):
                 out[key] = value
@@ -307,4 +319,22 @@ def _one_line(exc: ValidationError) -> str:
         return f"config error: {msg}"
     value = err.get("input")
     shown = REDACTED if name.lower() in SECRET_FIELDS else repr(value)
-    return f"config error: {name}={shown} is not allowed: {msg}"
+    allowed = value_range(name.lower())
+    return f"config error: {name}={shown} is not allowed: {msg}" + (f" (allowed: {allowed})" if allowed else "")
+
+
+def value_range(name: str) -> str | None:
+    """The allowed range of a numeric setting as text ("1 <= x <= 86400"), or None."""
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return None
+    lo = hi = None
+    for m in field.metadata:
+        for attr, sym in (("ge", "<="), ("gt", "<")):
+            if getattr(m, attr, None) is not None:
+                lo = f"{getattr(m, attr):g} {sym} "
+        for attr, sym in (("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                hi = f" {sym} {getattr(m, attr):g}"
+    return f"{lo or ''}x{hi or ''}" if lo or hi else None
+

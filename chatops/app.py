@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from agent.clock import to_datetime
-from agent.config import Settings
+from agent.config import DEFAULT_ORDER_SIZE, ConfigError, Settings
 from agent.deribit.errors import DeribitError
 from agent.exchange import Exchange, open_exchange
 from agent.models import Decision
@@ -78,6 +78,7 @@ class Bot:
 
     async def start(self) -> None:
         self.approvals.check_startup()
+        await self._check_order_size()
         # Before anything else: settle what a crash left in flight.
         reconciled = await self.executor.reconcile()
         for r in reconciled:
@@ -91,6 +92,22 @@ class Bot:
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
         if self.approvals.is_paused():
             await self.core.notify("pause", "Started PAUSED (kill switch on from before): `resume` to let it trade.")
+
+    async def _check_order_size(self) -> None:
+        """DEFAULT_ORDER_SIZE under the options' minimum would never trade: stop here, in one line."""
+        s = self.settings
+        try:
+            options = [i for i in await self.exchange.client.get_instruments(s.underlying) if i.kind == "option"]
+        except DeribitError as exc:  # the exchange is down: the ticks will say so; do not refuse to start
+            log.warning("could not check DEFAULT_ORDER_SIZE against the instruments: %s", exc)
+            return
+        if not options:
+            return
+        minimum = min(i.min_trade_amount for i in options)
+        if s.default_order_size + 1e-12 < minimum:
+            raise ConfigError(f"config error: DEFAULT_ORDER_SIZE={s.default_order_size:g} is not allowed: under the "
+                              f"{s.underlying} option minimum of {minimum:g} (allowed: {minimum:g} <= x, in steps of "
+                              f"{minimum:g}; the default is {DEFAULT_ORDER_SIZE.get(s.underlying, minimum):g})")
 
     def _make_channels(self) -> list:
         out = []

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the bot: ticks on a schedule, proposals to chat, approvals executed")
     r.add_argument("--ticks", type=int, help="stop after N ticks, once nothing is left pending")
-    r.add_argument("--interval", type=float, help="seconds between ticks (default LOOP_INTERVAL_SEC)")
+    r.add_argument("--interval", help="seconds between ticks (default LOOP_INTERVAL_SEC; the same range)")
     r.add_argument("--auto", action="store_true", help="unattended: APPROVAL_MODE=auto for this run")
     r.add_argument("--reset-paper", action="store_true", help="start the in-process paper exchange afresh")
 
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides: dict[str, Any] = {}
         if getattr(args, "auto", False):
             overrides["approval_mode"] = "auto"
+        if getattr(args, "interval", None) is not None:  # checked exactly as LOOP_INTERVAL_SEC is
+            overrides["loop_interval_sec"] = args.interval
         settings = load_settings(**overrides)
         return _dispatch(args, settings)
     except ConfigError as exc:
@@ -160,7 +162,7 @@ async def _run(settings: Settings, args) -> int:
     bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper))
     await bot.start()
     try:
-        await BotRunner(bot, interval=args.interval, ticks=args.ticks).run()
+        await BotRunner(bot, interval=settings.loop_interval_sec, ticks=args.ticks).run()
     finally:
         await bot.stop()
     return 0
