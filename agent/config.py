@@ -149,6 +149,7 @@ class Settings(BaseSettings):
     audit_anchor_every: int = Field(100, ge=1, le=1_000_000)  # events between two anchors
 
     # Channels
+    outbox_max_attempts: int = Field(20, ge=1, le=1000)  # an undeliverable message is given up after this (or a day)
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: str | None = None
     telegram_allowed_user_ids: CommaList = ()

@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true")
 
     a = sub.add_parser("approve", help="approve a proposal (as the current OS user)")
-    a.add_argument("id", type=int)
+    a.add_argument("id", type=_proposal_id)
     j = sub.add_parser("reject", help="reject a proposal")
-    j.add_argument("id", type=int)
+    j.add_argument("id", type=_proposal_id)
     j.add_argument("--reason")
     ps = sub.add_parser("pause", help="kill switch on: no proposals, no executions")
     ps.add_argument("--reason")
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
             lp.add_argument("--proposal", type=int)
             lp.add_argument("--kind")
     sh = asub.add_parser("show", help="one proposal's whole story")
-    sh.add_argument("id", type=int)
+    sh.add_argument("id", type=_proposal_id)
     sh.add_argument("--json", action="store_true")
     ex = asub.add_parser("export", help="export a table as CSV or JSON lines")
     ex.add_argument("table", choices=["decisions", "proposals", "votes", "events", "executions", "orders", "questions",
@@ -93,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--state", help="state file (default PAPER_STATE_PATH or data/paper_exchange_<UNDERLYING>.json)")
     pe.add_argument("--speed", type=float, help="simulated time at this speed factor (default: wall time)")
     return p
+
+
+def _proposal_id(text: str) -> int:
+    """A proposal id as argparse checks it: a whole number in range (one-line usage error otherwise)."""
+    try:
+        n = int(text.lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a proposal id (a number such as 12)") from None
+    if not 0 < n < 10**12:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: proposal ids are 1 to 999999999999")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,10 +124,12 @@ class Core:
             except Exception:
                 log.exception("channel %s could not update proposal #%d", ch.name, pid)
 
-    async def notify(self, kind: str, text: str) -> None:
+    async def notify(self, kind: str, text: str, *, skip: str | None = None) -> None:
         notice = Notice(kind=kind, text=text)
         self.store.append_event("notice", actor="agent", channel="all", reason=f"{kind}: {text[:300]}")
         for ch in self.channels:
+            if ch.name == skip:
+                continue
             try:
                 await ch.notify(notice)
             except Exception:
@@ -277,12 +279,16 @@ class Core:
         return await self.ask(line, user, channel)
 
 
+MAX_ID = 10**12  # ids beyond are a typo or an attack: "usage" in one line, never an SQLite overflow
+
+
 def _parse_id(text: str) -> int | None:
     text = text.strip().lstrip("#")
     try:
-        return int(shlex.split(text)[0]) if text else None
+        n = int(shlex.split(text)[0]) if text else None
     except (ValueError, IndexError):
         return None
+    return n if n is not None and 0 < n < MAX_ID else None
 
 
 def _dt(value: Any) -> datetime:

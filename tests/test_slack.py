@@ -245,6 +245,7 @@ async def test_proposal_blocks_and_approve_executes_and_updates_in_place(tmp_pat
 
 async def test_stranger_is_refused_everywhere_and_recorded(tmp_path):
     async with running(tmp_path) as h:
+        h.channel.strangers.seconds = 0  # tell every time (by default once per conversation per hour)
         pid, card = await h.tick_card()
         for action in (ACTION_APPROVE, ACTION_REJECT, ACTION_WHY):
             status, _ = await h.press(STRANGER, action, pid, card)

@@ -431,6 +431,7 @@ async def test_long_text_is_split_and_html_escaped(tmp_path):
         text = "\n".join(f"line {i} <tag> & \"quotes\" " + "x" * 80 for i in range(120))
         await h.channel.notify(Notice("daily_summary", text))
         await h.fake.wait_for(lambda: len([m for m in h.fake.sent(CHAT) if "line " in m.visible]) >= 3)
+        await h.channel.idle()  # every part sent (there may be more than three)
         parts = [m for m in h.fake.sent(CHAT) if "line " in m.visible]
         assert all(m.parse_mode == "HTML" and len(m.visible) <= 4096 for m in parts)
         assert "\n".join(m.visible for m in parts) == "[Daily summary] " + text

@@ -49,7 +49,7 @@ from chatops.redact import redact, redact_value
 from chatops.render import Card
 
 from .base import CoreAPI, Notice
-from .delivery import DeliveryQueue, QueuedJob
+from .delivery import PRIORITY_ALERT, PRIORITY_REPLY, DeliveryQueue, OncePer, QueuedJob
 
 from .slack_render import ACTION_APPROVE, ACTION_REJECT, ACTION_WHY, AUTH_ERRORS, BLOCK_ERRORS, CHANNEL, COMMANDS, NETWORK_ERRORS, NOT_AUTHORIZED, REJECT_VIEW, REPOST_ERRORS, SlackOptions, _section, action_block, card_blocks, esc, fallback_text, notice_message, text_blocks  # noqa: F401
 
@@ -139,6 +139,8 @@ class SlackChannel(SlackInbound):
         self._tasks: set[asyncio.Task] = set()
         self._last_sig: dict[tuple[str, str], str] = {}
         self._seen_events: OrderedDict[str, None] = OrderedDict()
+        self.strangers = OncePer(3600.0)  # conversations told "not authorized" in the last hour
+        self._seen_signatures: OrderedDict[str, float] = OrderedDict()  # HTTP mode: replays refused
         self._socket: Any = None
         self._socket_task: asyncio.Task | None = None
         self._runner: Any = None
@@ -150,7 +152,8 @@ class SlackChannel(SlackInbound):
             CHANNEL, core=lambda: self.core, deliver=self._deliver, give_up=(_GiveUp,), job_type=Job,
             outbox_interval=self.options.outbox_interval, outbox_backoff_max=self.options.outbox_backoff_max,
             clean=self._clean, stats=self.stats, log=log,
-            wall_clock_retries=False, leftovers_due_now=False, keep_interrupted=True)
+            wall_clock_retries=False, leftovers_due_now=False, keep_interrupted=True,
+            max_attempts=settings.outbox_max_attempts)
 
     @property
     def client(self) -> AsyncWebClient:
@@ -331,12 +334,13 @@ class SlackChannel(SlackInbound):
 
     async def notify(self, notice: Notice) -> None:
         text, blocks = notice_message(notice)
-        self._send(self.channel_id, text, blocks)
+        self._send(self.channel_id, text, blocks, priority=PRIORITY_ALERT)
 
     def _send(self, channel: str | None, text: str, blocks: list[dict[str, Any]], *,
-              thread_ts: str | None = None) -> None:
+              thread_ts: str | None = None, priority: int = PRIORITY_REPLY) -> None:
         if channel:
-            self.delivery.enqueue(Job("message", str(channel), text=text, blocks=blocks, thread_ts=thread_ts))
+            self.delivery.enqueue(Job("message", str(channel), text=text, blocks=blocks, thread_ts=thread_ts,
+                                      priority=priority))
 
     # --- the sender --------------------------------------------------------------------------------------
 

@@ -79,7 +79,8 @@ class SlackInbound:
             return False
         if not self._authorized(user):
             await self._refuse(user, f"{what} {pid if pid is not None else '?'}")
-            await self._ephemeral(channel, user, NOT_AUTHORIZED)
+            if self.strangers.first(str(channel)):  # one "not authorized" per conversation per hour
+                await self._ephemeral(channel, user, NOT_AUTHORIZED)
             return False
         if pid is None:
             await self._ephemeral(channel, user, "Unknown button: nothing was done.")
@@ -197,7 +198,8 @@ class SlackInbound:
 
         if not self._authorized(user):
             await self._refuse(user, f"{self.command_name(word)} {text}")
-            await answer(Reply(NOT_AUTHORIZED, ok=False, unauthorized=True, private=True))
+            if self.strangers.first(str(channel)):
+                await answer(Reply(NOT_AUTHORIZED, ok=False, unauthorized=True, private=True))
             return
         if text.lower() == "help":
             await answer(Reply(slack_help(self.prefix), private=True), pre=True)
@@ -269,6 +271,8 @@ class SlackInbound:
         is_dm = event.get("channel_type") == "im"
         if not self._authorized(user):
             await self._refuse(user, "question")
+            if not self.strangers.first(str(channel)):
+                return
             if is_dm:
                 self._send(channel, NOT_AUTHORIZED, text_blocks(NOT_AUTHORIZED), thread_ts=thread_ts)
             else:

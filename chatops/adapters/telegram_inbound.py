@@ -114,7 +114,13 @@ class TelegramInbound:
         kind, pid = m.group(1), int(m.group(2))
         # A Message, or an InaccessibleMessage when it is older than 48 h: both have chat and id.
         message = query.message
-        chat = str(message.chat.id) if message is not None else (self.chat_id or uid)
+        chat = str(message.chat.id) if message is not None else None
+        # A press counts only on a card in the configured chat, or in the presser's own private chat
+        # with the bot (a card forwarded elsewhere, or a crafted inline button, does not).
+        if chat is None or (chat != self.chat_id and chat != uid):
+            await self.core.record_unauthorized(CHANNEL, uid, f"button {data[:64]!r} pressed in chat {chat}")
+            await self._answer(query, "This button only works in the bot's chat.", alert=True)
+            return
         if kind == "a":
             reply = await self.core.approve(pid, uid, CHANNEL)
             await self._answer(query, self._refusal_text(pid, reply), alert=not reply.ok)
@@ -196,7 +202,8 @@ class TelegramInbound:
         rest = parts[1].strip() if len(parts) > 1 else ""
         if not self._authorized(uid):
             await self.core.record_unauthorized(CHANNEL, uid, f"/{word}")
-            await self._reply(message, chat, Reply("Not authorized: you are not on this bot's allowlist.", ok=False))
+            if self.strangers.first(chat):  # one "not authorized" per chat per hour: strangers cost little
+                await self._reply(message, chat, Reply("Not authorized: you are not on this bot's allowlist.", ok=False))
             return
         if word in ("help", "start"):
             await self._reply(message, chat, Reply(telegram_help()), pre=True)
@@ -228,7 +235,8 @@ class TelegramInbound:
             return  # group chatter not addressed to the bot
         if not self._authorized(uid):
             await self.core.record_unauthorized(CHANNEL, uid, "reject reason" if prompt else "question")
-            await self._reply(message, chat, Reply("Not authorized: you are not on this bot's allowlist.", ok=False))
+            if self.strangers.first(chat):
+                await self._reply(message, chat, Reply("Not authorized: you are not on this bot's allowlist.", ok=False))
             return
         if prompt is not None:
             pid = int(prompt.group(1))

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "telegram"
 MAX_MESSAGE = 4096  # Telegram's limit, in UTF-16 code units of the visible text
 LINE_PIECE = 600  # an over-long line is cut into pieces this long (escaped, it stays well under the limit)
-CALLBACK_RE = re.compile(r"^([arw]):(\d{1,12})$")
+# Whole-string match (\Z: `$` would also accept a trailing newline); ids fit SQLite with room to spare.
+CALLBACK_RE = re.compile(r"\A([arw]):([1-9][0-9]{0,11})\Z")
 REASON_PROMPT = "Reason for rejecting #{pid}? (optional: reply, or send /skip)"
 REASON_RE = re.compile(r"^Reason for rejecting #(\d{1,12})\?")
 PRE_COMMANDS = frozenset({"status", "history", "pending", "help", "start"})
