@@ -38,6 +38,7 @@ from typing import Any, Awaitable, Callable
 
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -55,6 +56,10 @@ from .slack_render import ACTION_APPROVE, ACTION_REJECT, ACTION_WHY, AUTH_ERRORS
 
 from .slack_inbound import SlackInbound
 log = logging.getLogger(__name__)
+
+# Slack refuses timestamps older than 5 minutes; inside that window a signature is remembered (with
+# a minute of slack for clock skew), so one request can be replayed at most zero times.
+REPLAY_WINDOW = 6 * 60.0
 
 # --- outgoing jobs ---------------------------------------------------------------------------------------
 
@@ -243,8 +248,18 @@ class SlackChannel(SlackInbound):
         opts = self.options
         port = self.settings.slack_http_port
 
+        verifier = SignatureVerifier(self._signing_secret)
+
         async def handle(request: web.Request) -> web.Response:
-            # Bolt checks the signature and the timestamp first (401 otherwise), then dispatches.
+            # Bolt checks the signature and the timestamp first (401 otherwise), then dispatches. A
+            # validly signed request seen before inside the 5-minute window is a replay: refused.
+            body = await request.text()
+            sig = request.headers.get("X-Slack-Signature", "")
+            ts = request.headers.get("X-Slack-Request-Timestamp", "")
+            if sig and verifier.is_valid(body=body, timestamp=ts, signature=sig) and self._replayed(sig):
+                if self.core is not None:
+                    await self.core.record_unauthorized(CHANNEL, "unknown", "a replayed signed request")
+                return web.Response(status=401, text="replayed request")
             return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
 
         web_app = web.Application(client_max_size=1024 * 1024)
@@ -260,6 +275,17 @@ class SlackChannel(SlackInbound):
         self._runner = runner
         addresses = runner.addresses
         self.http_port = int(addresses[0][1]) if addresses else port
+
+    def _replayed(self, signature: str, now: float | None = None) -> bool:
+        """True if `signature` was seen in the last REPLAY_WINDOW seconds; remembers it otherwise."""
+        now = time.time() if now is None else now
+        seen = self._seen_signatures
+        while seen and next(iter(seen.values())) < now - REPLAY_WINDOW:
+            seen.popitem(last=False)
+        if signature in seen:
+            return True
+        seen[signature] = now
+        return False
 
     @property
     def socket_connected(self) -> bool:

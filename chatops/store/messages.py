@@ -55,7 +55,8 @@ class MessagesMixin:
     def give_up_outbox(self, outbox_id: int, error: str) -> None:
         """Never retry this item again (kept, with why, for review); an event says so."""
         with self.write() as conn:
-            conn.execute("UPDATE outbox SET next_attempt_at = ?, last_error = ? WHERE id = ? AND delivered_at IS NULL",
+            conn.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                         "WHERE id = ? AND delivered_at IS NULL",
                          [GAVE_UP_AT, error[:500], outbox_id])
             self.append_event("outbox_gave_up", actor="agent", channel="delivery", reason=error[:300],
                               data={"outbox_id": outbox_id})
