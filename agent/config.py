@@ -165,11 +165,20 @@ class Settings(BaseSettings):
     console_allowed_users: CommaList = ()  # empty: the current OS user
     console_enabled: bool | None = None  # None: only when no chat channel is configured
 
+    # Web dashboard and REST API (chatops/web): served by `chatops run` unless WEB_PORT=0
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8080, ge=0, le=65535)
+    web_users_file: str = "data/web-users.json"  # written by `chatops web-user add NAME`
+    web_users: SecretStr | None = None  # or inline: name:scrypt$...,name2:scrypt$... (hashes, never passwords)
+    web_allowed_users: CommaList = ()  # web users who may approve, reject, cancel, pause, resume and ask
+    web_session_hours: float = Field(12.0, gt=0, le=24 * 30)
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("telegram_allowed_user_ids", "slack_allowed_user_ids", "console_allowed_users", mode="before")
+    @field_validator("telegram_allowed_user_ids", "slack_allowed_user_ids", "console_allowed_users",
+                     "web_allowed_users", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
         if isinstance(v, str):

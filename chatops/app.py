@@ -42,7 +42,7 @@ class Bot:
     """One running bot. `await bot.start()`, then ticks and sweeps (by the scheduler or by hand)."""
 
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
-                 channels: list | None = None, llm_client: Any = None) -> None:
+                 channels: list | None = None, llm_client: Any = None, web: Any = None) -> None:
         self.settings = settings
         redact.configure(settings)  # the one redactor knows this bot's secrets before anything is stored or sent
         self.exchange = exchange or open_exchange(settings)
@@ -59,6 +59,10 @@ class Bot:
         self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change)
         self.core.executor = self.executor
         self._channels = channels
+        # The dashboard (chatops.web.server.WebServer): from WEB_PORT by default; with channels given
+        # explicitly (tests, embedding), only the one passed (or set on .web before start).
+        self.web = web
+        self._web_from_settings = channels is None and web is None and bool(settings.web_port)
         self.ticks_done = 0
         self.exchange_failures = 0
         self.last_tick_error: str | None = None
@@ -87,6 +91,12 @@ class Bot:
         for ch in channels:
             await ch.start(self.core)
             self.core.channels.append(ch)
+        if self.web is None and self._web_from_settings:
+            from .web.server import WebServer
+
+            self.web = WebServer.for_bot(self)
+        if self.web is not None and not await self.web.start():
+            self.web = None  # logged; trading does not depend on the dashboard
         self.store.append_event("bot_started", actor="agent", channel="bot",
                                 reason=f"{self.settings.trading_tag} {self.exchange.description}; channels "
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
@@ -127,6 +137,8 @@ class Bot:
         return out
 
     async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
         await self.core.drain()
         for ch in reversed(self.core.channels):
             try:

@@ -44,7 +44,7 @@ class VoteResult:
 
     @property
     def ok(self) -> bool:
-        return self.kind in ("recorded", "approved", "rejected")
+        return self.kind in ("recorded", "approved", "rejected", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,21 @@ class ApprovalService:
             if self.store.transition(row.id, "pending", "cancelled", actor=actor, channel=channel, reason=reason):
                 done.append(row.id)
         return done
+
+    def cancel(self, proposal_id: int, user: str, channel: str, reason: str | None = None) -> VoteResult:
+        """Withdraw one pending proposal (approvers only; a refusal is recorded)."""
+        user = str(user)
+        refused = self.authorize(channel, user, "cancel", proposal_id=proposal_id)
+        if refused:
+            return VoteResult("unauthorized", proposal_id, refused)
+        row = self.store.get_proposal(proposal_id)
+        if row is None:
+            return VoteResult("unknown", proposal_id, f"No proposal #{proposal_id}.")
+        if not self.store.transition(proposal_id, "pending", "cancelled", actor=user, channel=channel,
+                                     reason=reason or f"cancelled by {user}"):
+            now = self.store.get_proposal(proposal_id)
+            return VoteResult("not_pending", proposal_id, f"#{proposal_id} was already decided ({now.status if now else '?'}).")
+        return VoteResult("cancelled", proposal_id, f"#{proposal_id} cancelled.", "cancelled")
 
     # --- kill switch ----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""`chatops`: run the bot, one tick, status, votes, pause, audit, and the paper exchange.
+"""`chatops`: run the bot, one tick, status, votes, pause, audit, the dashboard, and the paper exchange.
 
 Errors a user can cause (a bad setting, a locked database, an exchange error) end with one line
 on stderr and a non-zero exit, never a traceback.
@@ -86,6 +86,22 @@ def _parser() -> argparse.ArgumentParser:
     shd.add_argument("--since")
     shd.add_argument("--json", action="store_true")
 
+    w = sub.add_parser("web", help="serve the dashboard read-only from the database alone (no bot needed)")
+    w.add_argument("--host", help="default WEB_HOST")
+    w.add_argument("--port", type=int, help="default WEB_PORT (8080)")
+    wu = sub.add_parser("web-user", help="dashboard users in WEB_USERS_FILE: add, remove, list, token, hash")
+    wsub = wu.add_subparsers(dest="web_cmd", required=True)
+    for name, text in (("add", "add a user or set a password (asked twice, or one line on stdin with --password-stdin)"),
+                       ("remove", "remove a user (their sessions and tokens stop working)"),
+                       ("token", "make an API token for scripts (shown once; Authorization: Bearer ...)")):
+        wp = wsub.add_parser(name, help=text)
+        wp.add_argument("name")
+        if name == "add":
+            wp.add_argument("--password-stdin", action="store_true")
+    wsub.add_parser("list", help="the user names")
+    wh = wsub.add_parser("hash", help="print a password hash for WEB_USERS (name:hash,...)")
+    wh.add_argument("--password-stdin", action="store_true")
+
     pe = sub.add_parser("paper-exchange", help="serve the paper exchange over HTTP (Deribit's API)")
     pe.add_argument("--host", default="127.0.0.1")
     pe.add_argument("--port", type=int, default=8765)
@@ -144,6 +160,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_tick(settings, args.json))
     if cmd == "paper-exchange":
         return _paper(settings, args)
+    if cmd == "web-user":
+        return _web_user(settings, args)
+    if cmd == "web":
+        return _web(settings, args)
     from .store import Store
 
     store = Store(settings.database_path)
@@ -426,6 +446,69 @@ def _progress(n: int, total: int, done: bool = False) -> None:
     if done:
         sys.stderr.write("\n")
     sys.stderr.flush()
+
+
+# --- web dashboard ------------------------------------------------------------------------------------
+
+
+def _web(settings: Settings, args) -> int:
+    from .store import Store
+    from .web.server import WebServer
+
+    overrides = {k: v for k, v in (("web_host", args.host), ("web_port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    store = Store(settings.database_path)
+    try:
+        asyncio.run(WebServer.read_only(store, settings).serve_forever())
+    finally:
+        store.close()
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError("the two passwords differ: nothing changed")
+    if len(password) < 8:
+        raise ConfigError("a dashboard password needs at least 8 characters: nothing changed")
+    return password
+
+
+def _web_user(settings: Settings, args) -> int:
+    from .web.users import UserStore, hash_password
+
+    users = UserStore(settings.web_users_file)
+    sub = args.web_cmd
+    if sub == "list":
+        names = users.names()
+        print("\n".join(names) if names else f"No web users in {settings.web_users_file}.")
+        return 0
+    if sub == "hash":
+        print(hash_password(_read_password(args.password_stdin)))
+        return 0
+    if sub == "add":
+        existed = users.get(args.name) is not None
+        users.set_password(args.name, _read_password(args.password_stdin))
+        allowed = args.name in settings.web_allowed_users
+        print(f"{'Password changed for' if existed else 'Added'} web user {args.name} in {settings.web_users_file} "
+              f"({'may act: on WEB_ALLOWED_USERS' if allowed else 'viewer: add to WEB_ALLOWED_USERS to let them act'}).")
+        return 0
+    if sub == "token":
+        token = users.new_token(args.name)
+        print(token)
+        print(f"API token for {args.name}, shown once: send it as 'Authorization: Bearer <token>'.", file=sys.stderr)
+        return 0
+    if sub == "remove":
+        if not users.remove(args.name):
+            print(f"No web user {args.name!r} in {settings.web_users_file}.", file=sys.stderr)
+            return 1
+        print(f"Removed web user {args.name}.")
+        return 0
+    return EXIT_USAGE
 
 
 # --- paper exchange ------------------------------------------------------------------------------------

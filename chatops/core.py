@@ -160,6 +160,14 @@ class Core:
             self._spawn(self.executor.execute(pid))
         return Reply(result.message, ok=result.ok, proposal_id=pid, private=not result.ok)
 
+    async def cancel(self, proposal_id: int, user: str, channel: str, reason: str | None = None) -> Reply:
+        result = self.approvals.cancel(proposal_id, str(user), channel, reason)
+        if result.kind == "unauthorized":
+            return self._refuse(result.message)
+        if result.ok:
+            await self.refresh_proposal(proposal_id)
+        return Reply(result.message, ok=result.ok, proposal_id=proposal_id, private=not result.ok)
+
     # --- read-only commands ---------------------------------------------------------------------
 
     async def why(self, ref: str | None, user: str, channel: str) -> Reply:
