@@ -122,7 +122,18 @@ class TelegramInbound:
             await self._answer(query, "This button only works in the bot's chat.", alert=True)
             return
         if kind == "a":
-            reply = await self.core.approve(pid, uid, CHANNEL)
+            vote = asyncio.ensure_future(self.core.approve(pid, uid, CHANNEL))
+            done, _ = await asyncio.wait({vote}, timeout=self.options.press_answer_s)
+            if not done:
+                # The database is slow (locked): answer the press now; the vote lands when it can
+                # (the card then shows it) or fails, and then a message in the chat says so.
+                await self._answer(query, f"Recording your approval of #{pid}... (the database is busy)")
+                reply = await vote
+                if not reply.ok:
+                    await self._send_text_job(chat, chunk_lines(text_lines(f"{query.from_user.first_name or uid}: "
+                                                                           f"{reply.text}")), priority=1)
+                return
+            reply = vote.result()
             await self._answer(query, self._refusal_text(pid, reply), alert=not reply.ok)
         elif kind == "r":
             await self._start_reject(query, message, chat, pid, uid)

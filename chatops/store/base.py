@@ -50,6 +50,9 @@ class StoreBase:
         self._now = now or utc_now
         self._lock = threading.RLock()
         self._depth = 0  # nesting of write() in the thread that holds the lock
+        self._writer: int | None = None  # the thread inside write(), which reads its own transaction
+        self._local = threading.local()  # per-thread read connections (WAL: they never wait on a writer)
+        self._readers: list[sqlite3.Connection] = []
         self.db = connect(self.path, busy_timeout)
         try:
             with self._locked():
@@ -78,6 +81,9 @@ class StoreBase:
 
     def close(self) -> None:
         with self._lock:
+            for r in self._readers:
+                r.close()
+            self._readers.clear()
             self.db.close()
 
     def __enter__(self) -> "StoreBase":
@@ -123,28 +129,56 @@ class StoreBase:
                     self._depth -= 1
                 return
             self._depth = 1
+            self._writer = threading.get_ident()
             try:
                 with _immediate(self.db.conn, self.path, self.busy_timeout):
                     yield RedactingConnection(self.db.conn)
             finally:
                 self._depth = 0
+                self._writer = None
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """This thread's read connection; None inside this thread's own write (it must see its
+        transaction) or for an in-memory database. In WAL mode a reader never waits for a writer,
+        in this process or another (even one holding BEGIN EXCLUSIVE): a locked database delays
+        writes, not the reads that buttons and status answers need."""
+        if self.path == ":memory:" or self._writer == threading.get_ident():
+            return None
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
 
     def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        with self._locked():
-            try:
+        reader = self._reader()
+        try:
+            if reader is not None:
+                cur = reader.execute(sql, params)
+                names = [d[0] for d in cur.description or ()]
+                return [dict(zip(names, r)) for r in cur.fetchall()]
+            with self._locked():
                 return list(self.db.query(sql, params))
-            except sqlite3.OperationalError as exc:
-                if _busy(exc):
-                    raise _busy_error(self.path, self.busy_timeout) from None
-                raise
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise _busy_error(self.path, self.busy_timeout) from None
+            raise
 
     def _row(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        with self._locked():
-            row = self.db.conn.execute(sql, params).fetchone()
+        reader = self._reader()
+        if reader is not None:
+            row = reader.execute(sql, params).fetchone()
+        else:
+            with self._locked():
+                row = self.db.conn.execute(sql, params).fetchone()
         return row[0] if row else None
 
     def _insert(self, conn: Any, table: str, row: dict[str, Any], *, or_ignore: bool = False) -> int:
