@@ -108,6 +108,8 @@ class PositionHistory(Value):
     roll_count: dict[str, int] = Field(default_factory=dict)  # current symbol -> rolls in its chain
     previous_decision: str | None = None  # one line, for the LLM prompt
     recent_fills: tuple[str, ...] = ()  # the last executions, newest first, one line each (for the LLM prompt)
+    realized_vol_7d: float | None = None  # percent, annualized, from the index price of past ticks
+    realized_vol_30d: float | None = None
 
 
 class AgentState(Value):

@@ -16,6 +16,22 @@ _N = NormalDist()
 YEAR_SECONDS = 365.0 * 24 * 3600
 
 
+def realized_vol_pct(points: Iterable[tuple[float, float]], min_returns: int = 24) -> float | None:
+    """Annualized realized volatility (percent) of (unix seconds, price) samples in time order:
+    sqrt(sum of squared log returns / years covered). None with fewer than `min_returns` returns."""
+    rets, years, prev = [], 0.0, None
+    for ts, price in points:
+        if price is None or price <= 0:
+            continue
+        if prev is not None and ts > prev[0]:
+            rets.append(math.log(price / prev[1]))
+            years += (ts - prev[0]) / YEAR_SECONDS
+        prev = (ts, price)
+    if len(rets) < min_returns or years <= 0:
+        return None
+    return math.sqrt(sum(r * r for r in rets) / years) * 100.0
+
+
 def _d1_d2(forward: float, strike: float, vol: float, t_years: float) -> tuple[float, float]:
     sd = vol * math.sqrt(t_years)
     d1 = (math.log(forward / strike) + 0.5 * sd * sd) / sd

@@ -21,6 +21,7 @@ from agent.whatif import WhatIfError, apply_overrides, describe, parse_overrides
 
 from .adapters.base import Reply
 from .llm_wiring import BudgetSpent
+from .redact import redact
 from .render import STATUS_WORDS
 
 if TYPE_CHECKING:
@@ -135,7 +136,8 @@ class Asker:
             text = budget_reply(str(exc))
             self._record(user, channel, "ask", question, text, "rules")
             return Reply(text)
-        text = out.text.strip() if out.text else f"The LLM did not answer ({out.record.error}). {NO_LLM_REPLY}"
+        text = out.text.strip() if out.text else redact(
+            f"The LLM did not answer ({out.record.error}). Without it these work: {NO_LLM_REPLY.split('these work: ')[1]}")
         self._record(user, channel, "ask", question, text, "llm" if out.text else "rules")
         return Reply(text)
 

@@ -224,10 +224,9 @@ async def _tick(settings: Settings, as_json: bool) -> int:
             await llm.aclose()
         if store is not None:
             store.close()
-    if as_json:
-        print(decision.model_dump_json(indent=2))
-        return 0
-    print(format_decision(decision, settings))
+    from .redact import redact  # an LLM error text may echo a key: printed only through the one redactor
+
+    print(redact(decision.model_dump_json(indent=2) if as_json else format_decision(decision, settings)))
     return 0
 
 

@@ -32,6 +32,9 @@ class BudgetSpent(Exception):
 class LLMWiring:
     def __init__(self, settings: Settings, store: Any, *, client: Any = None,
                  now: Callable[[], datetime] | None = None, notify: Notify | None = None) -> None:
+        from .redact import configure
+
+        configure(settings)  # the one redactor knows the API key: error texts echoing it are redacted
         self.settings = settings
         self.store = store
         self._client = client

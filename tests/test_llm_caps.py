@@ -185,3 +185,16 @@ def test_price_table_and_overrides():
     assert price(cfg(llm_model_name="llama3", llm_price_in_per_mtok=None, llm_price_out_per_mtok=None),
                  "llama3") == (0.0, 0.0, 0.0)
     assert price(cfg(llm_price_in_per_mtok=3.0, llm_price_out_per_mtok=9.0), "gpt-5-mini") == (3.0, 3.0, 9.0)
+
+
+async def test_unlisted_name_on_a_server_refusing_both_takes_two_adaptations_then_none():
+    async with fake_openai_server(json_reply(PICK), json_reply(PICK), reasoning_model=True,
+                                  reject_response_format=True) as srv:
+        settings = cfg(srv, llm_model_name="acme-reasoner")
+        first = await llm_decide(OPEN_STATE, OPEN_STATE.candidates, settings)
+        second = await llm_decide(OPEN_STATE, OPEN_STATE.candidates, settings)
+        assert len(srv.requests) == 4
+    assert first.action.decision_source == "llm" and second.action.decision_source == "llm"
+    assert [a.split(":")[0] for a in first.record.adaptations] == ["max_tokens not supported by acme-reasoner",
+                                                                   "response_format not supported by acme-reasoner"]
+    assert second.record.attempts == 1 and second.record.adaptations == ()

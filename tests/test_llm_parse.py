@@ -70,3 +70,23 @@ async def test_hostile_answer_in_a_tick_loses_nothing(tmp_path, text, words):
             assert call["valid"] == 0 and words in call["error"] and call["decision_id"] == decision_id
         finally:
             await b.stop()
+
+
+async def test_even_a_bug_in_the_brain_is_a_recorded_fallback(tmp_path, monkeypatch):
+    import agent.llm.brain as brain
+
+    def broken(*a, **k):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(brain, "build_prompt", broken)
+    async with fake_openai_server() as fake:
+        b = make_bot(tmp_path, llm_enabled=True, openai_base_url=fake.base_url)
+        await b.start()
+        try:
+            decision_id, d = await b.tick()
+            assert decision_id is not None and d.decision_source == "llm_fallback"
+            assert "unexpected error: KeyError" in d.final_action.reasoning
+            (call,) = b.store.iter_rows("llm_calls")
+            assert call["valid"] == 0 and "KeyError" in call["error"] and fake.requests == []
+        finally:
+            await b.stop()

@@ -99,3 +99,31 @@ async def test_the_rule_pick_is_in_the_request():
         await llm_decide(OPEN_STATE, OPEN_STATE.candidates, cfg(srv))
         user = srv.last["messages"][1]["content"]
     assert "Rule policy picks: OPEN_COVERED_CALL c1: Open: sell" in user
+
+
+def test_realized_vol_from_the_index_price_of_past_ticks(tmp_path):
+    """Hourly samples of the spot the ticks recorded: no exchange request; in the volatility line."""
+    import math
+
+    from agent.models import Action, ActionType, Decision, RiskResult
+    from agent.pricing import realized_vol_pct
+    from chatops.store import Store
+
+    store = Store(tmp_path / "rv.db")
+    nothing = Action(action=ActionType.DO_NOTHING, underlying="BTC")
+    start = NOW - timedelta(days=8)
+    for h in range(8 * 24):  # +1 % / -1 % every hour, two ticks an hour (the last one of each hour counts)
+        for minute, jitter in ((10, 1.003), (50, 1.0)):
+            spot = 95_000 * math.exp(0.01 * (h % 2)) * jitter
+            store.record_decision(Decision(
+                timestamp=start + timedelta(hours=h, minutes=minute), underlying="BTC", state={"spot": spot},
+                proposed_action=nothing, risk_check=RiskResult(allowed=True), final_action=nothing))
+    history = store.history_for_policy("BTC", NOW)
+    expected = math.sqrt(1e-4 * 24 * 365) * 100  # squared log return 1e-4 every hour
+    assert math.isclose(history.realized_vol_7d, expected, rel_tol=1e-3)
+    assert history.realized_vol_30d is not None  # 8 days: enough hourly returns for the 30-day figure too
+    assert store.history_for_policy("BTC", start + timedelta(hours=10)).realized_vol_7d is None  # too few samples
+    assert realized_vol_pct([(0, 1.0)] * 30) is None
+    st = OPEN_STATE.model_copy(update={"history": history})
+    assert f"realized 7d {expected:.1f}%, 30d " in user_text(st)
+    store.close()

@@ -124,3 +124,47 @@ async def test_fallback_alert_names_the_most_common_reason(tmp_path):
             assert "Most common reason: answer cut off (finish_reason=length)" in text
         finally:
             await b.stop()
+
+
+async def test_a_key_echoed_in_a_401_body_reaches_no_row_and_no_chat(tmp_path):
+    import random
+    import string
+
+    from tests.fakes.openai_server import error_reply
+
+    rnd = random.Random(12)
+    key = "kq" + "-live-" + "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(24))
+    echo = f"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com."
+    out = io.StringIO()
+    async with fake_openai_server() as fake:
+        fake.responder = lambda body: error_reply(401, echo)
+        b = make_bot(tmp_path, out=out, llm_enabled=True, openai_base_url=fake.base_url, openai_api_key=key)
+        await b.start()
+        try:
+            _, d = await b.tick()
+            assert d.decision_source == "llm_fallback" and "HTTP 401" in d.final_action.reasoning
+            reply = await b.core.ask("how is it going?", "alice", "console")
+            assert "HTTP 401" in reply.text
+            await b.core.drain()
+            assert fake.headers[0]["authorization"] == f"Bearer {key}"  # it was really sent, and echoed
+            for table in ("llm_calls", "decisions", "answers", "events"):
+                for row in b.store.iter_rows(table):
+                    assert key not in json.dumps(row, default=str), table
+            assert "Incorrect API key provided: ***" in next(b.store.iter_rows("llm_calls"))["error"]
+            assert key not in out.getvalue() and key not in reply.text
+        finally:
+            await b.stop()
+
+
+async def test_chatops_tick_prints_no_key_an_error_echoes(tmp_path, monkeypatch, capsys):
+    from tests.fakes.openai_server import error_reply
+
+    key = "kq" + "-live-" + "Zx9" * 8
+    async with fake_openai_server(error_reply(401, f"Incorrect API key provided: {key}")) as fake:
+        rc = await _cli(["tick", "--json"], monkeypatch, tmp_path, LLM_ENABLED="true", OPENAI_BASE_URL=fake.base_url,
+                        OPENAI_API_KEY=key)
+        assert rc == 0
+    printed = capsys.readouterr().out
+    out = json.loads(printed)
+    assert out["decision_source"] == "llm_fallback" and "HTTP 401" in out["proposed_action"]["reasoning"]
+    assert key not in printed and "Incorrect API key provided: ***" in printed

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import openai
@@ -13,8 +14,10 @@ from ..policy import decide_action
 from .call import complete, make_record
 from .parse import extract_json
 from .prompt import build_prompt, decision_schema
-from .records import LLMOutcome, LLMTextOutcome, short
+from .records import LLMCallRecord, LLMOutcome, LLMTextOutcome, short
 from .validate import fallback_action, validate_llm_choice
+
+log = logging.getLogger("agent.llm")
 
 DECIDE_MAX_TOKENS = 300
 SCHEMA_NAME = "covered_call_decision"
@@ -66,8 +69,17 @@ async def choose_action_with_llm(state: AgentState, candidates: Sequence[Candida
 
 async def llm_brain(state: AgentState, settings: Settings, *, client: openai.AsyncOpenAI | None = None
                     ) -> tuple[Action, dict[str, Any]]:
-    """`llm_decide` in the shape `agent.tick.LLMBrain` expects: (action, record as a dict)."""
-    out = await llm_decide(state, state.candidates, settings, client=client)
+    """`llm_decide` in the shape `agent.tick.LLMBrain` expects: (action, record as a dict).
+    Even a bug of ours becomes a recorded fallback here, so a tick is never lost to the LLM."""
+    try:
+        out = await llm_decide(state, state.candidates, settings, client=client)
+    except Exception as exc:  # noqa: BLE001 - llm_decide returns its failures; this is for the unforeseen
+        log.exception("LLM brain failed")
+        error = f"unexpected error: {type(exc).__name__}: {short(exc)}"
+        record = LLMCallRecord(model=settings.llm_model_name, prompt="", raw_response="", parsed=None, valid=False,
+                               error=error, tokens_in=0, tokens_out=0, latency_ms=0.0, cost_usd=0.0,
+                               finish_reason=None, attempts=0, reason=f"unexpected error: {type(exc).__name__}")
+        return fallback_action(state, error), record.to_dict()
     return out.action, out.record.to_dict()
 
 

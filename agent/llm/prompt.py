@@ -180,6 +180,10 @@ def user_prompt(state: AgentState, candidates: Sequence[Candidate], previous: st
     vol = [f"ATM IV {state.atm_iv:.1f}% ({state.atm_iv_dte:.1f} DTE expiry)"] if state.atm_iv is not None and state.atm_iv_dte is not None else []
     if ivs:
         vol.append(f"shown calls IV {min(ivs):.1f}-{max(ivs):.1f}%")
+    h = state.history
+    rv = [f"{name} {v:.1f}%" for name, v in (("7d", h.realized_vol_7d), ("30d", h.realized_vol_30d)) if v is not None]
+    if rv:
+        vol.append("realized " + ", ".join(rv))
     if vol:
         lines.append("Volatility: " + "; ".join(vol) + ".")
     if shown:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 
 from agent.models import ActionType, PositionHistory
+from agent.pricing import realized_vol_pct
 
 from .common import TABLES, _TS_COLUMN, iso, parse_ts
 from .base import _order
@@ -105,4 +106,29 @@ class ReviewMixin:
             sym = f" {d['final_symbol']}" if d["final_symbol"] else ""
             previous = f"{parse_ts(d['ts']):%Y-%m-%d %H:%M}Z {d['final_action']}{sym} ({d['decision_source']}): {why}"
         return PositionHistory(last_action_at=last_at, roll_count=rolls, previous_decision=previous,
-                               recent_fills=tuple(reversed(fills[-3:])))
+                               recent_fills=tuple(reversed(fills[-3:])), **self._realized_vols(underlying, now))
+
+    def _realized_vols(self, underlying: str, now: datetime | None) -> dict[str, float]:
+        """Realized vol over 7 and 30 days from the index price the ticks recorded, sampled hourly
+        (the last tick of each hour): no exchange request, a few hundred rows at most."""
+        end = now or self._now()
+        key = (underlying, iso(end)[:13])  # hourly samples: recomputed once an hour
+        cache = self.__dict__.setdefault("_rv_cache", {})
+        if key in cache:
+            return cache[key]
+        rows = self._rows(
+            "SELECT d.ts, json_extract(d.state_json, '$.spot') AS spot FROM decisions d JOIN ("
+            "SELECT MAX(id) AS id FROM decisions WHERE underlying = ? AND ts >= ? AND ts <= ? "
+            "GROUP BY substr(ts, 1, 13)) h ON d.id = h.id ORDER BY d.ts",
+            [underlying, iso(end - timedelta(days=30)), iso(end)])
+        points = [(parse_ts(r["ts"]).timestamp(), r["spot"]) for r in rows]
+        week = end.timestamp() - 7 * 86400
+        out = {}
+        for name, pts, need in (("realized_vol_7d", [p for p in points if p[0] >= week], 24),
+                               ("realized_vol_30d", points, 24 * 7)):
+            vol = realized_vol_pct(pts, min_returns=need)
+            if vol is not None:
+                out[name] = round(vol, 2)
+        cache.clear()
+        cache[key] = out
+        return out

@@ -121,8 +121,9 @@ def api_router(ctx: Context, auth: Auth, stopping: asyncio.Event, *, need_user: 
 
     @r.get("/audit")
     async def audit(request: Request, kind: str | None = None, proposal: int | None = None, before: int | None = None,
-                    limit: int = 50, p: Principal = Depends(need_user)) -> dict[str, Any]:
-        return await asyncio.to_thread(views.audit, ctx, kind=kind, proposal=proposal, before=before, limit=limit)
+                    limit: int = 50, fresh: bool = False, p: Principal = Depends(need_user)) -> dict[str, Any]:
+        return await asyncio.to_thread(views.audit, ctx, kind=kind, proposal=proposal, before=before, limit=limit,
+                                       fresh=fresh)
 
     @r.get("/settings")
     async def settings(request: Request, p: Principal = Depends(need_user)) -> dict[str, Any]:

@@ -80,6 +80,11 @@ class Auth:
     def token_user(self) -> str:
         return os_user()
 
+    @property
+    def token_active(self) -> bool:
+        """The start token works only while no user is configured (adding one retires it)."""
+        return self.start_token is not None and not self.users.any()
+
     # --- sessions -----------------------------------------------------------------------------
 
     def new_session(self, user: str) -> str:
@@ -102,12 +107,12 @@ class Auth:
             return None
         token = header[7:].strip()
         user = self.users.user_for_token(token)
-        if user is None and self.start_token and hmac.compare_digest(token, self.start_token):
+        if user is None and self.token_active and hmac.compare_digest(token, self.start_token or ""):
             user = self.token_user
         return Principal(user, None, "bearer") if user else None
 
     def user_exists(self, user: str) -> bool:
-        if self.start_token is not None and user == self.token_user and not self.users.any():
+        if self.token_active and user == self.token_user:
             return True
         return self.users.get(user) is not None
 
@@ -118,7 +123,7 @@ class Auth:
         return name if name and self.users.check_password(name, password) else None
 
     def check_start_token(self, token: str) -> str | None:
-        if self.start_token and token and hmac.compare_digest(token, self.start_token):
+        if self.token_active and token and hmac.compare_digest(token, self.start_token or ""):
             return self.token_user
         return None
 

@@ -147,7 +147,7 @@ def create_app(ctx: Context, auth: Auth, stopping: asyncio.Event) -> FastAPI:
     def login_page(request: Request, error: str | None = None, status: int = 200, next_: str = "/") -> HTMLResponse:
         token = secrets.token_urlsafe(24)
         resp = page(request, "login.html", {"error": error, "login_csrf": token, "next": next_,
-                                            "token_mode": auth.start_token is not None}, status=status)
+                                            "token_mode": auth.token_active}, status=status)
         resp.set_cookie(LOGIN_CSRF, token, max_age=3600, httponly=True, samesite="strict", path="/login")
         return resp
 
@@ -276,9 +276,10 @@ def create_app(ctx: Context, auth: Auth, stopping: asyncio.Event) -> FastAPI:
 
     @app.get("/audit", response_class=HTMLResponse, include_in_schema=False)
     async def audit_page(request: Request, kind: str | None = None, proposal: int | None = None,
-                         before: int | None = None, limit: int = 50):
+                         before: int | None = None, limit: int = 50, fresh: bool = False):
         need_user(request)
-        data = await asyncio.to_thread(views.audit, ctx, kind=kind, proposal=proposal, before=before, limit=limit)
+        data = await asyncio.to_thread(views.audit, ctx, kind=kind, proposal=proposal, before=before, limit=limit,
+                                       fresh=fresh)
         return page(request, "audit.html", {"a": data})
 
     @app.get("/chat", response_class=HTMLResponse, include_in_schema=False)

@@ -14,13 +14,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import islice
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from agent.config import Settings
 
 from ..render import STATUS_WORDS, Card
-from ..store import STATUSES, Store, parse_ts
+from ..store import STATUSES, Store, parse_ts, read_anchors
 
 if TYPE_CHECKING:
     from ..app import Bot
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 LIVE_ACCOUNT_TTL_S = 5.0  # one exchange read per 5 s, however many browsers poll
 MAX_PAGE = 200
+VERIFY_TTL_S = 30.0
+MAX_TICKS = 5000  # the equity chart's window: about 17 days of 5-minute ticks
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Context:
     read_only: bool = False
     _live: tuple[float, dict[str, Any]] | None = field(default=None, repr=False)
     _live_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _verified: tuple[Any, dict[str, Any], float] | None = field(default=None, repr=False)
 
     def now(self) -> datetime:
         return self.bot.now() if self.bot is not None else datetime.now(timezone.utc)
@@ -304,7 +308,8 @@ def pnl(ctx: Context, *, points: int = 400) -> dict[str, Any]:
         fills.append({"ts": o["ts"], "proposal_id": o["proposal_id"], "instrument": o["instrument"], "side": o["side"],
                       "amount": filled, "average_price": o["average_price"], "order_id": o["order_id"]})
     series = []
-    for d in store.iter_rows("decisions", underlying=cur):
+    recent = list(islice(store.iter_rows("decisions", order="desc", batch_size=1000, underlying=cur), MAX_TICKS))
+    for d in reversed(recent):
         st = d.get("state_json")
         if not st:
             continue
@@ -322,6 +327,7 @@ def pnl(ctx: Context, *, points: int = 400) -> dict[str, Any]:
         "fills": fills[-100:][::-1], "fills_total": len(fills),
         "equity": [{"ts": t, "equity": e, "spot": sp} for t, e, sp in sampled],
         "equity_change": round(series[-1][1] - series[0][1], 8) if series else None,
+        "equity_from": series[0][0] if series else None, "ticks": len(series),
         "shadow": report.as_dict(), "shadow_text": report.as_text(),
         "note": "Premium from the fills the exchange reported for each order; equity from each tick's account read. "
                 "Fees and settlements come with the P&L ledger.",
@@ -348,9 +354,33 @@ def equity_svg(points: list[dict[str, Any]], width: int = 720, height: int = 200
 # --- audit and chat --------------------------------------------------------------------------------
 
 
+def verify(ctx: Context, fresh: bool = False) -> dict[str, Any]:
+    """`verify` of the event chain and of the whole audit chain (every audit table, against the
+    anchors in AUDIT_ANCHOR_FILE). Kept up to VERIFY_TTL_S while no event is added (a rescan per
+    page view would cost O(rows)); `fresh` rescans now. The result says when it was computed."""
+    anchors_path = Path(ctx.settings.audit_anchor_file)
+    key = (change_mark(ctx.store), anchors_path.stat().st_mtime_ns if anchors_path.exists() else None)
+    if not fresh and ctx._verified and ctx._verified[0] == key and time.monotonic() - ctx._verified[2] < VERIFY_TTL_S:
+        return ctx._verified[1]
+    events = ctx.store.verify_chain()
+    out: dict[str, Any] = {"ok": events.ok, "checked": events.checked, "first_broken_id": events.first_broken_id,
+                           "reason": events.reason, "head_hash": events.head_hash, "at": ctx.now().isoformat()}
+    anchors, problems = [], []
+    if anchors_path.exists():
+        try:
+            anchors = read_anchors(anchors_path)
+        except (OSError, ValueError) as exc:
+            problems.append(f"anchor file unreadable: {exc}")
+    full = ctx.store.verify_audit(anchors)
+    out["audit"] = {"ok": full.ok and not problems, "head": full.head.as_text(), "rows": full.head.count,
+                    "anchors_checked": full.anchors_checked, "anchor_file": str(anchors_path),
+                    "problems": problems + full.problems, "text": full.as_text()}
+    ctx._verified = (key, out, time.monotonic())
+    return out
+
+
 def audit(ctx: Context, *, kind: str | None = None, proposal: int | None = None, before: int | None = None,
-          limit: int | None = None) -> dict[str, Any]:
-    report = ctx.store.verify_chain()
+          limit: int | None = None, fresh: bool = False) -> dict[str, Any]:
     n = _page_args(limit)
     equals: dict[str, Any] = {}
     if kind:
@@ -362,9 +392,7 @@ def audit(ctx: Context, *, kind: str | None = None, proposal: int | None = None,
     more = len(rows) > n
     rows = rows[:n]
     events = [{k: r.get(k) for k in ("id", "ts", "kind", "proposal_id", "actor", "channel", "reason")} for r in rows]
-    return {"verify": {"ok": report.ok, "checked": report.checked, "first_broken_id": report.first_broken_id,
-                       "reason": report.reason, "head_hash": report.head_hash},
-            "events": events, "next": events[-1]["id"] if more and events else None,
+    return {"verify": verify(ctx, fresh), "events": events, "next": events[-1]["id"] if more and events else None,
             "filters": {"kind": kind or None, "proposal": proposal, "limit": n}}
 
 
