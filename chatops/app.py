@@ -163,14 +163,16 @@ class Bot:
             except DeribitError as exc:
                 self.exchange_failures += 1
                 self.last_tick_error = str(exc)
-                self.store.append_event("tick_failed", actor="agent", channel="scheduler", reason=str(exc)[:500])
+                await self.core._off_loop(self.store.append_event, "tick_failed", actor="agent", channel="scheduler",
+                                          reason=str(exc)[:500])
                 log.error("tick failed: %s", exc)
                 if self.exchange_failures == 3:
                     await self.core.notify("watchdog", f"The exchange failed 3 ticks in a row: {exc}")
                 return None, None
             except Exception as exc:  # a tick that raises is recorded and the loop goes on
                 self.last_tick_error = f"{type(exc).__name__}: {exc}"
-                self.store.append_event("tick_failed", actor="agent", channel="scheduler", reason=self.last_tick_error[:500])
+                await self.core._off_loop(self.store.append_event, "tick_failed", actor="agent", channel="scheduler",
+                                          reason=self.last_tick_error[:500])
                 log.exception("tick failed")
                 return None, None
 
@@ -181,16 +183,17 @@ class Bot:
         off = "daily token budget spent" if brain is None and self.llm.drives else None
         decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,
                                   llm_brain=brain, llm_off_reason=off)
-        decision_id = self.store.record_decision(decision)
+        # Writes in a thread: a locked database delays the tick's record, not the buttons.
+        decision_id = await asyncio.to_thread(self.store.record_decision, decision)
         self.ticks_done += 1
         self.exchange_failures = 0
         self.last_tick_error = None
         await self._check_llm_fallbacks(decision)
-        result = self.approvals.propose(decision_id, decision)
+        result = await asyncio.to_thread(self.approvals.propose, decision_id, decision)
         for old in result.superseded:
             await self.core.refresh_proposal(old)
         if result.kind == "created" and result.proposal_id is not None:
-            self.approvals.auto_approve(result.proposal_id)
+            await asyncio.to_thread(self.approvals.auto_approve, result.proposal_id)
             await self.core.broadcast_proposal(result.proposal_id)
             await self.executor.execute_approved()
         return decision_id, decision
@@ -218,7 +221,7 @@ class Bot:
 
     async def sweep(self) -> None:
         """Expire what is due and execute what is approved (from any process); anchor the chain."""
-        for pid in self.approvals.expire_due():
+        for pid in await asyncio.to_thread(self.approvals.expire_due):
             await self.core.refresh_proposal(pid)
         if not self.approvals.is_paused():
             await self.executor.execute_approved()

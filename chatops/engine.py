@@ -121,7 +121,7 @@ class Executor:
         if self.approvals.is_paused():  # paused while we re-checked: nothing leaves
             return ExecOutcome(pid, "skipped", "paused")
         # The claim recounts the distinct approving persons against the proposal's own quorum.
-        claimed, why = self.store.claim_for_execution(pid, reason="re-check passed" + (
+        claimed, why = await asyncio.to_thread(self.store.claim_for_execution, pid, reason="re-check passed" + (
             f"; drift {drift[0]:.1f}%" if drift else ""))
         if not claimed:
             if why and why.startswith("refused at the claim"):
