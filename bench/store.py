@@ -32,6 +32,7 @@ from agent.models import (AccountState, Action, ActionType, AgentState, Candidat
                           ExecutionResult, ExecutionStatus, OptionPosition, OrderOutcome, OrderRequest, RiskResult)
 from agent.tick import compress_state, config_snapshot  # noqa: E402
 from chatops import store as store_mod  # noqa: E402
+from chatops.store.schema import _V4_AUTHORITY  # noqa: E402
 from chatops.store import common as store_common  # noqa: E402
 from chatops.store import DECISION_COLUMNS, GENESIS_HASH, Store, iso, label_for, serialize_decision  # noqa: E402
 
@@ -207,7 +208,7 @@ def build(path: Path, n: int, rng: random.Random) -> dict:
         messages.append((pid, "telegram", "-1001234567", str(10_000 + pid), created, created))
         if status in ("executed", "failed", "blocked", "rejected"):
             vote = "reject" if status == "rejected" else "approve"
-            votes.append((pid, "alice", "telegram", vote, None, decided))
+            votes.append((pid, "alice", "telegram", vote, None, decided, "telegram:alice"))
             event(decided, "vote", pid, None, "alice", "telegram", None, {"vote": vote})
             event(decided, f"proposal_{'rejected' if vote == 'reject' else 'approved'}", pid, did, "alice", "telegram",
                   None, {"from": "pending", "to": "rejected" if vote == "reject" else "approved"})
@@ -237,10 +238,18 @@ def build(path: Path, n: int, rng: random.Random) -> dict:
             answers.append((len(questions), decided, "Delta 0.25 at 7 DTE, best yield of the candidates.", "db"))
 
     c.execute("BEGIN IMMEDIATE")
+    # A finished history loaded in bulk: the triggers that want proposals born pending and votes
+    # cast on pending ones are lifted for the load (as a migration would) and put back after it.
+    lifted = [t for t in _V4_AUTHORITY if "proposals_born_pending" in t or "votes_only_pending" in t]
+    c.execute("DROP TRIGGER proposals_born_pending")
+    c.execute("DROP TRIGGER votes_only_pending")
     c.executemany("INSERT INTO proposals (id, decision_id, created_at, expires_at, underlying, action, symbol, roll_from, "
                   "size, approvals_required, label, status, status_reason, decided_by, decided_at, updated_at, "
                   "action_json) VALUES (" + ", ".join("?" * 17) + ")", props)
-    c.executemany("INSERT INTO votes (proposal_id, user, channel, vote, reason, ts) VALUES (?, ?, ?, ?, ?, ?)", votes)
+    c.executemany("INSERT INTO votes (proposal_id, user, channel, vote, reason, ts, person) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  votes)
+    for t in lifted:
+        c.execute(t)
     c.executemany("INSERT INTO events (id, ts, kind, proposal_id, decision_id, actor, channel, reason, data_json, "
                   "prev_hash, hash) VALUES (" + ", ".join("?" * 11) + ")", events)
     c.executemany("INSERT INTO executions (id, proposal_id, ts, status, dry_run, message, error_code, result_json) "
