@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WRITE_WAIT_S = 0.05  # how long an answer waits for the record of a refusal or a notice
+WRITE_WAIT_S = 0.5  # how long an answer waits for the record of a refusal or a notice (ms normally)
 
 
 class Core:

@@ -16,6 +16,8 @@ from chatops.adapters.telegram import TelegramChannel
 from chatops.app import Bot
 from chatops.store import Store
 from tests.fakes.telegram_server import fake_telegram_server
+from dataclasses import replace
+
 from tests.test_telegram import ALICE, CHAT, FAST
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -53,7 +55,7 @@ async def bot_with_telegram(tmp_path, tg, busy_timeout: float):
     from agent.clock import to_datetime
 
     store = Store(settings.database_path, now=lambda: to_datetime(clock.now_ms()), busy_timeout=busy_timeout)
-    bot = Bot(settings, exchange=exchange, store=store, channels=[TelegramChannel(settings, options=FAST)])
+    bot = Bot(settings, exchange=exchange, store=store, channels=[TelegramChannel(settings, options=replace(FAST, press_answer_s=0.05))])
     await bot.start()
     return bot
 

@@ -70,7 +70,7 @@ class TelegramOptions:
     reject_reason_timeout: float = 60.0
     concurrent_updates: int = 32  # a slow question never holds up an approval press
     stop_timeout: float = 5.0  # seconds to finish sending at stop; the rest goes to the outbox
-    press_answer_s: float = 0.03  # a press is answered within this even while the vote waits for a locked database
+    press_answer_s: float = 0.05  # a press is answered within this even while the vote waits for a locked database
 
 
 # --- rendering: (html, plain) line pairs, so a chunk can fall back to plain text alone ----------------

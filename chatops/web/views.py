@@ -358,7 +358,7 @@ def verify(ctx: Context, fresh: bool = False) -> dict[str, Any]:
     """`verify` of the event chain and of the whole audit chain (every audit table, against the
     anchors in AUDIT_ANCHOR_FILE). Kept up to VERIFY_TTL_S while no event is added (a rescan per
     page view would cost O(rows)); `fresh` rescans now. The result says when it was computed."""
-    anchors_path = Path(ctx.settings.audit_anchor_file)
+    anchors_path = Path(ctx.settings.effective_audit_anchor_file)
     key = (change_mark(ctx.store), anchors_path.stat().st_mtime_ns if anchors_path.exists() else None)
     if not fresh and ctx._verified and ctx._verified[0] == key and time.monotonic() - ctx._verified[2] < VERIFY_TTL_S:
         return ctx._verified[1]
