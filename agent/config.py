@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     deribit_client_secret: SecretStr | None = None
     underlying: Literal["BTC", "ETH"] = "BTC"
     dry_run: bool | None = None  # None: true for deribit, false for paper
+    allow_mainnet: bool = False  # production (www.deribit.com) only with this
 
     # Paper exchange (EXCHANGE=paper). With PAPER_EXCHANGE_URL set, the bot talks to a paper
     # exchange served by `chatops paper-exchange`; otherwise it runs one in process.
@@ -125,6 +126,7 @@ class Settings(BaseSettings):
     roll_max_delta: float = Field(0.30, gt=0, lt=1)
     max_rolls: int = Field(3, ge=0, le=100)
     hysteresis_min: float = Field(60.0, ge=0, le=10_080)
+    reject_cooldown_min: float = Field(60.0, ge=0, le=10_080)  # a rejected action is not proposed again for this long
 
     # Sizing and risk
     default_order_size: float = Field(0.1, gt=0, le=10_000)  # default by underlying: 0.1 BTC, 1 ETH
@@ -161,7 +163,9 @@ class Settings(BaseSettings):
     slack_allowed_user_ids: CommaList = ()
     slack_api_base_url: str | None = None
     slack_http_port: int = Field(3000, ge=1, le=65535)
-    slack_command_prefix: str = ""  # e.g. "cc-" makes /cc-status, /cc-why ...
+    slack_command: str = "cc"  # the one namespaced command: /cc status, /cc why 3 ("" : none)
+    slack_legacy_commands: bool = False  # also /status, /why ... (named with SLACK_COMMAND_PREFIX)
+    slack_command_prefix: str = ""  # legacy commands: "cc-" makes /cc-status, /cc-why ...
     console_allowed_users: CommaList = ()  # empty: the current OS user
     console_enabled: bool | None = None  # None: only when no chat channel is configured
 
@@ -176,6 +180,7 @@ class Settings(BaseSettings):
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    log_file: str | None = None  # None: chatops.log beside the database when the terminal channel runs, else stderr
 
     @field_validator("telegram_allowed_user_ids", "slack_allowed_user_ids", "console_allowed_users",
                      "web_allowed_users", mode="before")
@@ -231,6 +236,9 @@ class Settings(BaseSettings):
             # Even a dry run reads the account and positions, which are private methods.
             raise ValueError("EXCHANGE=deribit needs DERIBIT_CLIENT_ID and DERIBIT_CLIENT_SECRET (an API key with "
                              "account:read, and trade:read_write unless DRY_RUN) from test.deribit.com")
+        if self.exchange == "deribit" and self.is_mainnet_url and not self.allow_mainnet:
+            raise ValueError(f"DERIBIT_BASE_URL={self.deribit_base_url} is Deribit production (real money): set "
+                             "ALLOW_MAINNET=true to trade there, or use https://test.deribit.com (docs/deribit.md)")
         return self
 
     # Derived values -----------------------------------------------------------------------
@@ -261,11 +269,25 @@ class Settings(BaseSettings):
         return self.console_allowed_users or (_os_user(),)
 
     @property
+    def is_mainnet_url(self) -> bool:
+        """DERIBIT_BASE_URL is Deribit production (anything on deribit.com but test.deribit.com)."""
+        from urllib.parse import urlparse
+
+        host = (urlparse(self.deribit_base_url).hostname or "").lower()
+        return (host == "deribit.com" or host.endswith(".deribit.com")) and host != "test.deribit.com"
+
+    def tag_for(self, testnet: bool | None = None) -> str:
+        """[PAPER], [TESTNET], [TESTNET DRY-RUN], [MAINNET] or [MAINNET DRY-RUN]: what an approval
+        would really do. `testnet` is the flag of Deribit's own responses when one was read."""
+        dry = " DRY-RUN" if self.effective_dry_run else ""
+        if self.exchange == "paper":
+            return f"[PAPER{dry}]"
+        mainnet = (testnet is False) if testnet is not None else self.is_mainnet_url
+        return f"[{'MAINNET' if mainnet else 'TESTNET'}{dry}]"
+
+    @property
     def trading_tag(self) -> str:
-        """[PAPER], [DRY-RUN] or [LIVE]: what an approval would really do."""
-        if self.effective_dry_run:
-            return "[DRY-RUN]"
-        return "[PAPER]" if self.exchange == "paper" else "[LIVE]"
+        return self.tag_for(None)
 
     @property
     def index_name(self) -> str:

@@ -101,12 +101,41 @@ class AccountState(Value):
     options_delta: float  # coin
 
 
+class Rejection(Value):
+    """A proposal people rejected: its action, when, by whom, why, and the price it was made at."""
+
+    proposal_id: int
+    action: str  # ActionType value
+    symbol: str | None = None
+    roll_from: str | None = None
+    at: datetime
+    by: str
+    reason: str | None = None
+    ref_price: float | None = None  # the premium sold (open, roll) or the cost bought back (close)
+
+    def key(self) -> tuple[str, str | None, str | None]:
+        return (self.action, self.symbol, self.roll_from)
+
+    def text(self) -> str:
+        what = f"{self.action} {self.symbol or ''}".strip() + (f" from {self.roll_from}" if self.roll_from else "")
+        return f"#{self.proposal_id} {what} rejected at {self.at:%H:%M}Z by {self.by}" + (
+            f": {self.reason}" if self.reason else " (no reason given)")
+
+
 class PositionHistory(Value):
     """What the policy needs to know about past actions (supplied by the caller, e.g. the store)."""
 
     last_action_at: dict[str, datetime] = Field(default_factory=dict)  # symbol -> time
     roll_count: dict[str, int] = Field(default_factory=dict)  # current symbol -> rolls in its chain
     previous_decision: str | None = None  # one line, for the LLM prompt
+    rejections: tuple[Rejection, ...] = ()  # recent rejected proposals, newest first (the cool-down)
+
+    def rejection_note(self, limit: int = 3) -> str | None:
+        """One line for the LLM prompt: what people rejected lately, and why."""
+        if not self.rejections:
+            return None
+        return ("Rejected by the operators lately (do not propose the same again unless the market moved): "
+                + "; ".join(r.text() for r in self.rejections[:limit]))
     recent_fills: tuple[str, ...] = ()  # the last executions, newest first, one line each (for the LLM prompt)
     realized_vol_7d: float | None = None  # percent, annualized, from the index price of past ticks
     realized_vol_30d: float | None = None

@@ -12,7 +12,8 @@ from .clock import Clock, WallClock, to_datetime
 from .config import Settings
 from .deribit.client import DeribitClient
 from .execution import execute_action
-from .models import Action, AgentState, Decision, PositionHistory
+from . import cooldown
+from .models import Action, ActionType, AgentState, Decision, PositionHistory
 from .policy import decide_action
 from .risk import apply_risk
 from .state import build_agent_state
@@ -46,6 +47,7 @@ async def run_tick(
     state = await build_agent_state(client, settings, clock=clock, history=history)
     if state_hook is not None:
         state = state_hook(state)
+    state, cooling = cooldown.hide_rejected(state, settings)  # rejections teach: not the same call again soon
     timings["state_ms"] = _ms(t0)
 
     t1 = time.perf_counter()
@@ -64,6 +66,13 @@ async def run_tick(
         proposed = decide_action(state, settings)
         shadow, record = await llm_brain(state, settings)
         llm_calls.append(record)
+    held = cooldown.blocked(proposed, state, settings)
+    if held:
+        proposed = Action(action=ActionType.DO_NOTHING, underlying=state.underlying, decision_source=proposed.decision_source,
+                          reasoning=f"Not proposing {proposed.action.value} {proposed.symbol or ''} again: {held}. "
+                                    f"(The brain said: {proposed.reasoning})")
+    elif cooling:
+        proposed = proposed.model_copy(update={"reasoning": f"{proposed.reasoning} [Left out: {'; '.join(cooling)}.]"})
     timings["brain_ms"] = _ms(t1)
 
     t2 = time.perf_counter()

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from agent.clock import to_datetime
 from agent.config import DEFAULT_ORDER_SIZE, ConfigError, Settings
 from agent.deribit.errors import DeribitError
 from agent.exchange import Exchange, open_exchange
-from agent.models import Decision
+from agent.models import ActionType, Decision
 from agent.tick import run_tick
 
-from . import redact
+from . import redact, render
 from .approvals import ApprovalService
 from .ask import Asker
 from .core import Core
@@ -70,6 +70,10 @@ class Bot:
         self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
         self._anchored = self.store.audit_head().count  # chain entries covered by the last anchor written
+        self.interval = settings.loop_interval_sec  # the runner sets what it schedules
+        self.dashboard_url: str | None = None  # the web channel sets it when it serves one
+        self.log_file: str | None = None  # where the log goes when not the terminal
+        self.account_now: tuple[Any, dict[str, Any]] | None = None  # (when, compressed state) read after a fill
 
     def now(self):
         return to_datetime(self.exchange.clock.now_ms())
@@ -83,6 +87,7 @@ class Bot:
     async def start(self) -> None:
         self.approvals.check_startup()
         await self._check_order_size()
+        await self._check_network()
         # Before anything else: settle what a crash left in flight.
         reconciled = await self.executor.reconcile()
         for r in reconciled:
@@ -98,8 +103,9 @@ class Bot:
         if self.web is not None and not await self.web.start():
             self.web = None  # logged; trading does not depend on the dashboard
         self.store.append_event("bot_started", actor="agent", channel="bot",
-                                reason=f"{self.settings.trading_tag} {self.exchange.description}; channels "
+                                reason=f"{self.core.tag} {self.exchange.description}; channels "
                                        f"{', '.join(c.name for c in self.core.channels) or 'none'}")
+        self.core.paused_seen = self.approvals.is_paused()
         if self.approvals.is_paused():
             await self.core.notify("pause", "Started PAUSED (kill switch on from before): `resume` to let it trade.")
 
@@ -118,6 +124,38 @@ class Bot:
             raise ConfigError(f"config error: DEFAULT_ORDER_SIZE={s.default_order_size:g} is not allowed: under the "
                               f"{s.underlying} option minimum of {minimum:g} (allowed: {minimum:g} <= x, in steps of "
                               f"{minimum:g}; the default is {DEFAULT_ORDER_SIZE.get(s.underlying, minimum):g})")
+
+    def banner(self, next_tick=None) -> str:
+        s = self.settings
+        people = ", ".join(sorted(self.approvals.directory.approvers())) or "nobody"
+        if s.approval_mode == "auto":
+            approvals = (f"auto: the policy approves orders up to {s.effective_auto_max_size:g} {s.underlying}; "
+                         f"larger ones wait for {people}")
+        else:
+            approvals = f"manual: {s.approvals_required} of {people}, within {s.approval_ttl_sec:g} s"
+        brain = s.effective_decision_mode + (f" ({s.llm_model_name})" if s.effective_decision_mode != "rule" else "")
+        return render.banner(tag=self.core.tag, exchange=f"{self.exchange.description}, {s.underlying}",
+                             brain=f"{brain}, {s.mode} profile", approvals=approvals, interval_s=self.interval,
+                             next_tick=next_tick, database=s.database_path,
+                             channels=tuple(c.name for c in self.core.channels), log_file=self.log_file,
+                             dashboard_url=self.dashboard_url or (self.web.url if self.web is not None else None),
+                             paused=self.approvals.is_paused())
+
+    async def _check_network(self) -> None:
+        """Which Deribit this is, by its own responses' `testnet` flag; mainnet only when allowed."""
+        if self.settings.exchange != "deribit":
+            return
+        client = self.exchange.client
+        if getattr(client, "testnet", None) is None:
+            try:
+                await client.get_index_price(self.settings.index_name)
+            except DeribitError as exc:  # unreachable now: DERIBIT_BASE_URL decides the tag until it answers
+                log.warning("could not read the exchange at start: %s", exc)
+        testnet = getattr(client, "testnet", None)
+        if testnet is False and not self.settings.allow_mainnet:
+            raise ConfigError(f"config error: {self.settings.deribit_base_url} answers as Deribit production (mainnet, "
+                              "real money): set ALLOW_MAINNET=true to trade there, or use https://test.deribit.com")
+        self.core.tag = self.settings.tag_for(testnet)
 
     def _make_channels(self) -> list:
         out = []
@@ -189,6 +227,11 @@ class Bot:
         self.exchange_failures = 0
         self.last_tick_error = None
         await self._check_llm_fallbacks(decision)
+        if decision.final_action.action == ActionType.DO_NOTHING:
+            cands = decision.state.get("cand") or []
+            nxt = datetime.now(timezone.utc) + timedelta(seconds=self.interval)
+            await self.core.quiet(render.quiet_tick(decision_id, decision.timestamp, decision.final_action.reasoning,
+                                                    cands[0] if cands else None, nxt))
         result = await asyncio.to_thread(self.approvals.propose, decision_id, decision)
         for old in result.superseded:
             await self.core.refresh_proposal(old)
@@ -221,6 +264,7 @@ class Bot:
 
     async def sweep(self) -> None:
         """Expire what is due and execute what is approved (from any process); anchor the chain."""
+        await self.core.announce_pause_change()
         for pid in await asyncio.to_thread(self.approvals.expire_due):
             await self.core.refresh_proposal(pid)
         if not self.approvals.is_paused():
@@ -250,10 +294,23 @@ class Bot:
         if row is None:
             return
         if row.status == "executed":
+            await self._read_account()
             filled = " filled" in (row.status_reason or "") or (row.status_reason or "").startswith("filled")
             await self.core.notify("fill" if filled else "order", f"#{pid} executed: {row.status_reason or ''}".strip())
         elif row.status in ("failed", "blocked"):
             await self.core.notify("failure", f"#{pid} {row.status}: {row.status_reason or ''}".strip())
+
+    async def _read_account(self) -> None:
+        """After a fill, read the account again so `status` shows it, not the tick before."""
+        from agent.state import build_agent_state
+        from agent.tick import compress_state
+
+        try:
+            state = await build_agent_state(self.exchange.client, self.settings, clock=self.exchange.clock)
+        except DeribitError as exc:
+            log.warning("could not read the account after an execution: %s", exc)
+            return
+        self.account_now = (state.timestamp, compress_state(state))
 
     async def daily_summary(self) -> None:
         since = self.now() - timedelta(days=1)
@@ -285,7 +342,7 @@ class Bot:
         return None
 
     def live_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"exchange": self.exchange.description}
+        out: dict[str, Any] = {"exchange": self.exchange.description, "tag": self.core.tag}
         stats = self.store.llm_stats(self.now() - timedelta(hours=24))
         if self.settings.effective_decision_mode != "rule" or stats.get("calls"):
             calls, fb = stats.get("calls", 0), stats.get("fallbacks", 0)
@@ -295,4 +352,6 @@ class Bot:
         problem = self.watchdog_problem()
         if problem:
             out["watchdog"] = problem
+        if self.account_now is not None:
+            out["account_now"] = self.account_now
         return out

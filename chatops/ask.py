@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
@@ -75,6 +76,8 @@ class Asker:
         """The stored rows behind a proposal (`12`, `#12`) or a decision (`d34`); default: latest."""
         store = self.bot.store
         ref = (ref or "").strip().lstrip("#").lower()
+        if len(ref) > 18:  # no row has a bigger id (and SQLite cannot even be asked)
+            return None
         if ref.startswith("d") and ref[1:].isdigit():
             d = store.get_decision(int(ref[1:]))
             return {"decision": d} if d else None
@@ -93,7 +96,7 @@ class Asker:
     async def why(self, ref: str | None, user: str, channel: str) -> Reply:
         facts = self.why_facts(ref)
         if facts is None:
-            text = f"Nothing found for {ref!r}: give a proposal id (12) or a decision id (d34)." if ref else "No decision yet."
+            text = self._not_found(ref) if ref else "No decision yet: the first tick comes soon (see status)."
             self._record(user, channel, "why", f"why {ref or ''}".strip(), text, "db", ref)
             return Reply(text, ok=False)
         text = why_text(facts)
@@ -110,6 +113,23 @@ class Asker:
                     source = "llm"
         self._record(user, channel, "why", f"why {ref or ''}".strip(), text, source, ref)
         return Reply(text)
+
+    def _not_found(self, ref: str) -> str:
+        store = self.bot.store
+        latest, last = store.latest_proposal(), store.last_decision()
+        known = []
+        if latest is not None:
+            known.append((f"proposals #1-#{latest.id}" if latest.id > 1 else "proposal #1") + f" (why {latest.id})")
+        if last is not None:
+            known.append((f"decisions d1-d{last['id']}" if last["id"] > 1 else "decision d1") + f" (why d{last['id']})")
+        r = ref.strip().lstrip("#").lower()
+        if re.fullmatch(r"d?\d{1,18}", r):
+            what = f"There is no {'decision ' + r if r.startswith('d') else 'proposal #' + r}"
+        else:
+            what = f"{ref[:30]!r} is neither a proposal id (12) nor a decision id (d34)"
+        if not known:
+            return f"{what}: nothing has been decided yet."
+        return f"{what}. There {'are' if len(known) > 1 or 's ' in known[0][:12] else 'is'} {' and '.join(known)}."
 
     # --- free text -------------------------------------------------------------------------------
 

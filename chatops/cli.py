@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -18,15 +19,83 @@ from typing import Any
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.deribit.errors import DeribitError
+from agent.models import ActionType
 
 from .identity import os_user
 
 EXIT_USAGE = 2
 
+ACTION_NAMES = tuple(a.value for a in ActionType)
+_ACTION_SHORT = {"open": "OPEN_COVERED_CALL", "roll": "ROLL_COVERED_CALL", "close": "CLOSE_COVERED_CALL",
+                 "nothing": "DO_NOTHING", "none": "DO_NOTHING"}
+PROPOSAL_STATUSES = ("pending", "approved", "executing", "executed", "failed", "rejected", "expired", "superseded",
+                     "cancelled", "blocked")
+# Every kind of row the events table holds (tests/test_cli.py checks the code writes no other).
+EVENT_KINDS = ("proposal_created", *(f"proposal_{s}" for s in PROPOSAL_STATUSES if s != "pending"), "vote",
+               "execution_recorded", "unauthorized", "unauthorized_vote", "auto_approve_declined", "flag_set",
+               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed")
+_JSON_HELP = "print JSON instead of text"
+_SINCE_HELP = "from this time: ISO 8601 (2026-11-25T08:00, UTC) or a duration back from now such as 30m, 24h, 7d"
+_UNTIL_HELP = "up to this time: ISO 8601 or a duration back from now"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("covered-call-chatops")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
+
+
+def _proposal_id(text: str) -> int:
+    """A proposal id as typed: `12` or `#12`; a one-line error for anything else."""
+    t = text.strip().lstrip("#")
+    if not t.isdigit() or len(t) > 18:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a proposal number (such as 12)")
+    return int(t)
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1 or len(text.strip()) > 9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _action_filter(text: str | None) -> str | None:
+    if not text:
+        return None
+    t = text.strip()
+    name = _ACTION_SHORT.get(t.lower(), t.upper())
+    if name not in ACTION_NAMES:
+        raise ConfigError(f"unknown action {text!r}: use one of {', '.join(ACTION_NAMES)} (or open, roll, close, nothing)")
+    return name
+
+
+def _status_filter(text: str | None) -> str | None:
+    if not text:
+        return None
+    if text.lower() not in PROPOSAL_STATUSES:
+        raise ConfigError(f"unknown status {text!r}: use one of {', '.join(PROPOSAL_STATUSES)}")
+    return text.lower()
+
+
+def event_kind(text: str | None, known: tuple[str, ...] | list[str] = EVENT_KINDS) -> str | None:
+    """`executed` -> `proposal_executed`; an unknown kind is a one-line error listing the kinds."""
+    if not text:
+        return None
+    t = text.strip().lower()
+    for k in (t, f"proposal_{t}"):
+        if k in known:
+            return k
+    raise ConfigError(f"unknown event kind {text!r}: use one of {', '.join(known)}")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chatops", description="A covered-call agent for Deribit, steered from chat.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(prog="chatops", description="A covered-call agent for Deribit, steered from chat.",
+                                epilog="Settings come from the environment and .env: `chatops config example` lists them all.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run the bot: ticks on a schedule, proposals to chat, approvals executed")
     r.add_argument("--ticks", type=int, help="stop after N ticks, once nothing is left pending")
@@ -39,91 +108,103 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("status", "mode, pause, last tick and its age, account, pending"),
                        ("pending", "proposals waiting for a vote")):
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("--json", action="store_true")
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("--json", action="store_true", help=_JSON_HELP)
 
     a = sub.add_parser("approve", help="approve a proposal (as the current OS user)")
-    a.add_argument("id", type=_proposal_id)
+    a.add_argument("id", type=_proposal_id, help="the proposal's number, as shown on its card (#12 -> 12)")
     j = sub.add_parser("reject", help="reject a proposal")
-    j.add_argument("id", type=_proposal_id)
-    j.add_argument("--reason")
+    j.add_argument("id", type=_proposal_id, help="the proposal's number, as shown on its card (#12 -> 12)")
+    j.add_argument("--reason", help="why: shown on the card and to the brain, which will not propose it again soon")
     ps = sub.add_parser("pause", help="kill switch on: no proposals, no executions")
-    ps.add_argument("--reason")
+    ps.add_argument("--reason", help="why, for the audit trail and the chat announcement")
     sub.add_parser("resume", help="kill switch off")
+
+    cf = sub.add_parser("config", help="the settings: every name, its default and meaning")
+    csub = cf.add_subparsers(dest="config_cmd", required=True, metavar="WHAT")
+    csub.add_parser("example", help="print a complete .env.example (grouped, each setting with its default)")
 
     au = sub.add_parser("audit", help="review decisions, proposals and events; export; verify")
     asub = au.add_subparsers(dest="audit_cmd", required=True)
     for table in ("decisions", "proposals", "events"):
-        lp = asub.add_parser(table, help=f"list {table}")
-        lp.add_argument("--since", help="ISO time or a duration such as 24h, 7d")
-        lp.add_argument("--until")
-        lp.add_argument("--limit", type=int, default=50)
-        lp.add_argument("--json", action="store_true")
+        lp = asub.add_parser(table, help=f"list {table}, newest first")
+        lp.add_argument("--since", help=_SINCE_HELP)
+        lp.add_argument("--until", help=_UNTIL_HELP)
+        lp.add_argument("--limit", type=_positive_int, default=50, help="at most this many rows (default 50)")
+        lp.add_argument("--json", action="store_true", help=_JSON_HELP)
         if table == "decisions":
-            lp.add_argument("--action")
+            lp.add_argument("--action", help=f"only this final action: {', '.join(ACTION_NAMES)} (or open, roll, close, nothing)")
         if table == "proposals":
-            lp.add_argument("--status")
-            lp.add_argument("--action")
+            lp.add_argument("--status", help=f"only this status: {', '.join(PROPOSAL_STATUSES)}")
+            lp.add_argument("--action", help=f"only this action: {', '.join(ACTION_NAMES[:3])} (or open, roll, close)")
         if table == "events":
-            lp.add_argument("--proposal", type=int)
-            lp.add_argument("--kind")
+            lp.add_argument("--proposal", type=_proposal_id, help="only the events of this proposal")
+            lp.add_argument("--kind", help="only this kind (the proposal_ prefix may be left out): " + ", ".join(EVENT_KINDS))
     sh = asub.add_parser("show", help="one proposal's whole story")
-    sh.add_argument("id", type=_proposal_id)
-    sh.add_argument("--json", action="store_true")
+    sh.add_argument("id", type=_proposal_id, help="the proposal's number")
+    sh.add_argument("--json", action="store_true", help=_JSON_HELP)
     ex = asub.add_parser("export", help="export a table as CSV or JSON lines")
-    ex.add_argument("table", choices=["decisions", "proposals", "votes", "events", "executions", "orders", "questions",
+    ex.add_argument("table", help="the table to export", choices=["decisions", "proposals", "votes", "events", "executions", "orders", "questions",
                                       "answers", "llm_calls", "settings_changes"])
-    ex.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    ex.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="csv (default) or jsonl, one JSON object a line")
     ex.add_argument("--out", help="file (default: stdout)")
-    ex.add_argument("--since")
-    ex.add_argument("--until")
+    ex.add_argument("--since", help=_SINCE_HELP)
+    ex.add_argument("--until", help=_UNTIL_HELP)
     vf = asub.add_parser("verify", help="recompute the audit chain (every audit table) and check it against anchors")
     vf.add_argument("--anchors", help="anchor file (default AUDIT_ANCHOR_FILE, when it exists)")
     vf.add_argument("--head", action="append", default=[], metavar="HASH:N",
                     help="a head kept elsewhere (as `audit head` printed it); repeatable")
     asub.add_parser("head", help="the audit chain's head: HASH:N (keep a copy where this machine cannot rewrite it)")
     shd = asub.add_parser("shadow", help="rules vs LLM in shadow mode: agreement, confusion matrix, strikes and DTE")
-    shd.add_argument("--since")
-    shd.add_argument("--json", action="store_true")
+    shd.add_argument("--since", help=_SINCE_HELP)
+    shd.add_argument("--json", action="store_true", help=_JSON_HELP)
 
     w = sub.add_parser("web", help="serve the dashboard read-only from the database alone (no bot needed)")
     w.add_argument("--host", help="default WEB_HOST")
     w.add_argument("--port", type=int, help="default WEB_PORT (8080)")
     wu = sub.add_parser("web-user", help="dashboard users in WEB_USERS_FILE: add, remove, list, token, hash")
-    wsub = wu.add_subparsers(dest="web_cmd", required=True)
+    wsub = wu.add_subparsers(dest="web_cmd", required=True, metavar="WHAT")
     for name, text in (("add", "add a user or set a password (asked twice, or one line on stdin with --password-stdin)"),
                        ("remove", "remove a user (their sessions and tokens stop working)"),
                        ("token", "make an API token for scripts (shown once; Authorization: Bearer ...)")):
         wp = wsub.add_parser(name, help=text)
-        wp.add_argument("name")
+        wp.add_argument("name", help="the web user's name (letters, digits, . _ -)")
         if name == "add":
-            wp.add_argument("--password-stdin", action="store_true")
+            wp.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
     wsub.add_parser("list", help="the user names")
     wh = wsub.add_parser("hash", help="print a password hash for WEB_USERS (name:hash,...)")
-    wh.add_argument("--password-stdin", action="store_true")
+    wh.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
 
     pe = sub.add_parser("paper-exchange", help="serve the paper exchange over HTTP (Deribit's API)")
-    pe.add_argument("--host", default="127.0.0.1")
-    pe.add_argument("--port", type=int, default=8765)
+    pe.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    pe.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
     pe.add_argument("--reset", action="store_true", help="start from a fresh account")
     pe.add_argument("--state", help="state file (default PAPER_STATE_PATH or data/paper_exchange_<UNDERLYING>.json)")
     pe.add_argument("--speed", type=float, help="simulated time at this speed factor (default: wall time)")
     return p
 
 
-def _proposal_id(text: str) -> int:
-    """A proposal id as argparse checks it: a whole number in range (one-line usage error otherwise)."""
-    try:
-        n = int(text.lstrip("#"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a proposal id (a number such as 12)") from None
-    if not 0 < n < 10**12:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range: proposal ids are 1 to 999999999999")
-    return n
-
-
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `chatops status --json | head`: the reader left. End quietly, and keep Python's own
+        # flush of stdout at exit from raising again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # what a shell reports for a process ended by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "config":
+        from agent.settings_doc import env_example
+
+        print(env_example(), end="")
+        return 0
     try:
         overrides: dict[str, Any] = {}
         if getattr(args, "auto", False):
@@ -152,8 +233,13 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from .logs import setup_logging
 
-    setup_logging(settings)
     cmd = args.cmd
+    terminal_chat = False
+    if cmd == "run":
+        from .app import enabled_channel_names
+
+        terminal_chat = "console" in enabled_channel_names(settings)
+    setup_logging(settings, terminal_chat=terminal_chat)
     if cmd == "run":
         return asyncio.run(_run(settings, args))
     if cmd == "tick":
@@ -187,10 +273,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(settings: Settings, args) -> int:
     from agent.exchange import open_exchange
 
-    from .app import Bot
+    from .app import Bot, enabled_channel_names
     from .scheduler import BotRunner
 
+    from .logs import log_file_path
+
     bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper))
+    bot.log_file = log_file_path(settings, "console" in enabled_channel_names(settings))
     await bot.start()
     try:
         await BotRunner(bot, interval=settings.loop_interval_sec, ticks=args.ticks).run()
@@ -322,11 +411,11 @@ def _duration(text: str):
 def _when(text: str | None) -> datetime | None:
     if not text:
         return None
-    if text[-1] in "mhd" and text[:-1].replace(".", "").isdigit():
-        return datetime.now(timezone.utc) - _duration(text)
     try:
+        if text[-1] in "mhd" and text[:-1].replace(".", "").isdigit():
+            return datetime.now(timezone.utc) - _duration(text)
         dt = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ConfigError(f"bad time {text!r}: use ISO 8601 (2026-11-25T08:00) or a duration such as 24h, 7d") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
@@ -362,14 +451,15 @@ def _audit(store, settings: Settings, args) -> int:
         return 0
     since, until = _when(args.since), _when(args.until)
     if sub == "decisions":
-        rows = store.list_decisions(since=since, until=until, action=args.action, limit=args.limit)
+        rows = store.list_decisions(since=since, until=until, action=_action_filter(args.action), limit=args.limit)
         headers = ["id", "ts", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
     elif sub == "proposals":
-        rows = [asdict(r) for r in store.list_proposals(status=args.status, since=since, until=until, action=args.action,
-                                                        limit=args.limit)]
+        rows = [asdict(r) for r in store.list_proposals(status=_status_filter(args.status), since=since, until=until,
+                                                        action=_action_filter(args.action), limit=args.limit)]
         headers = ["id", "created_at", "action", "symbol", "size", "status", "status_reason"]
     else:
-        rows = store.list_events(since=since, until=until, proposal_id=args.proposal, kind=args.kind, limit=args.limit)
+        kind = event_kind(args.kind, _known_kinds(store)) if args.kind else None
+        rows = store.list_events(since=since, until=until, proposal_id=args.proposal, kind=kind, limit=args.limit)
         headers = ["id", "ts", "kind", "proposal_id", "actor", "channel", "reason"]
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
@@ -401,6 +491,15 @@ def _verify(store, settings: Settings, args) -> int:
     if report.ok and not anchors:
         print("  (no anchor given: a cut-off tail or a rewritten suffix shows only against a head kept elsewhere)")
     return 0 if report.ok else 1
+
+
+def _known_kinds(store) -> tuple[str, ...]:
+    """The kinds this code writes, and any other a database holds (older or newer versions)."""
+    try:
+        seen = [r[0] for r in store.db.execute("SELECT DISTINCT kind FROM events ORDER BY kind").fetchall()]
+    except Exception:  # a store without SQL access: the kinds of this version
+        seen = []
+    return EVENT_KINDS + tuple(k for k in seen if k not in EVENT_KINDS)
 
 
 def _short(v: Any, n: int = 60) -> str:

@@ -43,6 +43,8 @@ class Core:
         self.asker = asker
         self.status_provider = status_provider  # callable -> dict of live status (bot)
         self.channels: list[Channel] = []
+        self.tag = settings.trading_tag  # the bot sets it from the exchange's own testnet flag at start
+        self.paused_seen: bool | None = None  # the pause state last announced (the bot notices other processes)
         self._tasks: set[asyncio.Task] = set()
 
     # --- helpers ----------------------------------------------------------------------------
@@ -121,7 +123,7 @@ class Core:
 
     def proposal_card(self, pid: int) -> render.Card | None:
         view = self.proposal_view(pid)
-        return render.proposal_card(view, self.settings.trading_tag, self.now()) if view else None
+        return render.proposal_card(view, self.tag, self.now()) if view else None
 
     async def broadcast_proposal(self, pid: int) -> None:
         card = self.proposal_card(pid)
@@ -154,6 +156,42 @@ class Core:
                 await ch.notify(notice)
             except Exception:
                 log.exception("channel %s could not send a notice", ch.name)
+
+    async def quiet(self, text: str) -> None:
+        """A line for the channels that show small talk (the terminal); chats stay quiet."""
+        from .redact import redact
+
+        text = redact(text)  # built from the decision in memory, not from a (redacted) stored row
+        for ch in self.channels:
+            fn = getattr(ch, "quiet", None)
+            if fn is None:
+                continue
+            try:
+                await fn(text)
+            except Exception:
+                log.exception("channel %s could not show a line", ch.name)
+
+    async def announce_pause_change(self) -> bool:
+        """Say so on every channel when the pause flag changed elsewhere (`chatops pause` in
+        another shell); True when it did."""
+        paused = self.approvals.is_paused()
+        if self.paused_seen is None or paused == self.paused_seen:
+            self.paused_seen = paused
+            return False
+        self.paused_seen = paused
+        last = (self.store.list_events(kind="flag_set", limit=1, order="desc") or [{}])[0]
+        who = f"{last.get('actor', 'someone')} ({last.get('channel', '?')})"
+        if paused:
+            reason = last.get("reason")
+            await self.notify("pause", f"Paused by {who}{': ' + reason if reason and reason != 'paused' else ''}. "
+                                       "No new proposals, nothing executes until resume.")
+            # what `chatops pause` cancelled in that process: the cards here say so too
+            for e in self.store.list_events(kind="proposal_cancelled", limit=20, order="desc"):
+                if e.get("id", 0) > last.get("id", 0) and e.get("proposal_id"):
+                    await self.refresh_proposal(e["proposal_id"])
+        else:
+            await self.notify("pause", f"Resumed by {who}.")
+        return True
 
     def save_message_ref(self, proposal_id: int, channel: str, chat_id: str, message_id: str) -> None:
         self.store.save_message_ref(proposal_id, channel, str(chat_id), str(message_id))
@@ -256,6 +294,7 @@ class Core:
         cancelled = result.cancelled
         for pid in cancelled:
             await self.refresh_proposal(pid)
+        self.paused_seen = True
         await self.notify("pause", f"Paused by {user} ({channel}){': ' + reason if reason else ''}. "
                                    f"No new proposals, nothing executes until resume."
                                    + (f" Cancelled pending: {', '.join('#%d' % p for p in cancelled)}." if cancelled else ""))
@@ -270,6 +309,7 @@ class Core:
             return self._refuse(result.message)
         if result.kind == "noop":
             return Reply(result.message)
+        self.paused_seen = False
         await self.notify("pause", f"Resumed by {user} ({channel}).")
         return Reply("Resumed.")
 
@@ -291,7 +331,9 @@ class Core:
             ref, _, reason = rest.partition(" ")
             pid = _parse_id(ref)
             if pid is None:
-                return Reply(f"usage: {word} <id>{' [reason]' if word == 'reject' else ''}", ok=False, private=True)
+                bad = f"{ref[:30]!r} is not a proposal number. " if ref else ""
+                return Reply(f"{bad}usage: {word} <id>{' [reason]' if word == 'reject' else ''} (the number on the card, "
+                             f"e.g. {word} 12)", ok=False, private=True)
             if word == "approve":
                 return await self.approve(pid, user, channel)
             return await self.reject(pid, user, channel, reason.strip() or None)
@@ -303,7 +345,10 @@ class Core:
             return await self.pending(user, channel)
         if word == "history":
             n = _parse_id(rest) if rest else 10
-            return await self.history(n or 10, user, channel)
+            if not n:
+                return Reply(f"{rest[:30]!r} is not a number of decisions: usage: history [n] (1-50, default 10)",
+                             ok=False, private=True)
+            return await self.history(n, user, channel)
         if word == "pause":
             return await self.pause(user, channel, rest or None)
         if word == "resume":
@@ -315,20 +360,22 @@ class Core:
         if word in ("help", "start", "?"):
             if (refused := await self._guard(channel, user, "help")):
                 return refused
-            return Reply(HELP_TEXT)
+            return Reply(HELP_TEXT + (CONSOLE_HELP if channel == "console" else ""))
         return await self.ask(line, user, channel)
 
 
-MAX_ID = 10**12  # ids beyond are a typo or an attack: "usage" in one line, never an SQLite overflow
+CONSOLE_HELP = "\n  quit                   stop the bot (Ctrl-C does the same); votes wait in the database"
+MAX_ID = 2**63 - 1  # SQLite's largest integer: anything bigger names no row
 
 
 def _parse_id(text: str) -> int | None:
+    """`12` or `#12` -> 12; None for anything else, including numbers no row can have."""
     text = text.strip().lstrip("#")
     try:
         n = int(shlex.split(text)[0]) if text else None
     except (ValueError, IndexError):
         return None
-    return n if n is not None and 0 < n < MAX_ID else None
+    return n if n is not None and 0 <= n <= MAX_ID else None
 
 
 def _dt(value: Any) -> datetime:
@@ -339,7 +386,7 @@ def _dt(value: Any) -> datetime:
 
 def status_text(store: Store, settings: Settings, now: datetime, live: dict[str, Any]) -> str:
     """The /status answer: mode, pause, last tick and its age, account, positions, pending."""
-    lines = [f"{settings.trading_tag} {settings.underlying} covered calls - {settings.exchange}, "
+    lines = [f"{live.get('tag') or settings.trading_tag} {settings.underlying} covered calls - {settings.exchange}, "
              f"{settings.effective_decision_mode} brain, {settings.mode} profile, approvals {settings.approval_mode}"]
     paused = store.get_flag("paused", "0") == "1"
     lines.append("PAUSED (kill switch on): nothing is proposed or executed" if paused else "Running")
@@ -348,7 +395,15 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
         age = (now - _dt(last["ts"])).total_seconds()
         lines.append(f"Last tick #{last['id']} {age:.0f}s ago: {last['final_action']} {last.get('final_symbol') or ''}".rstrip())
         st = last.get("state") or {}
-        if st:
+        fresh = live.get("account_now")
+        if fresh and fresh[0] > _dt(last["ts"]):  # read after an execution since that tick
+            st = fresh[1]
+            lines.append(f"Account read {max((now - fresh[0]).total_seconds(), 0):.0f}s ago, after the last execution:")
+            lines.append(f"  spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
+                         f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
+            for p in st.get("pos") or []:
+                lines.append(f"  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+        elif st:
             lines.append(f"As of that tick: spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
                          f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
             for p in st.get("pos") or []:

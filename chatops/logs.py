@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 from agent.config import Settings
 
@@ -45,15 +46,47 @@ class _Formatter(logging.Formatter):
         return self.redact(out)
 
 
-def setup_logging(settings: Settings, stream=None) -> Redactor:
+NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "apscheduler", "telegram", "slack_bolt", "slack_sdk", "aiohttp.access",
+         "openai")
+LIBRARIES = frozenset(n.split(".", 1)[0] for n in NOISY) | {"aiohttp", "asyncio", "urllib3", "websockets", "hpack"}
+
+
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    """Libraries' INFO lines (`httpx2: HTTP Request: POST ...`) never reach stderr."""
+    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] not in LIBRARIES
+
+
+def log_file_path(settings: Settings, terminal_chat: bool) -> str | None:
+    """LOG_FILE; with the terminal channel on, chatops.log beside the database by default."""
+    if settings.log_file:
+        return settings.log_file
+    return str(Path(settings.database_path).parent / "chatops.log") if terminal_chat else None
+
+
+def setup_logging(settings: Settings, stream=None, *, terminal_chat: bool = False) -> Redactor:
+    """Log to stderr; with the terminal channel on (`terminal_chat`) the chat owns the terminal,
+    so stderr gets warnings only and the whole log goes to the log file."""
     redact = _redact.configure(settings)
+    fmt = _Formatter(settings.log_format == "json", redact)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_redact.RedactingFilter(redact))
-    handler.setFormatter(_Formatter(settings.log_format == "json", redact))
+    handler.setFormatter(fmt)
+    handler.addFilter(_ours_or_warning)
+    handlers: list[logging.Handler] = [handler]
+    path = log_file_path(settings, terminal_chat)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(path, encoding="utf-8")
+        fh.addFilter(_redact.RedactingFilter(redact))
+        fh.setFormatter(fmt)
+        handlers.append(fh)
+        if terminal_chat:
+            handler.setLevel(logging.WARNING)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(settings.log_level)
-    # Libraries that log every request at INFO: keep them to warnings.
-    for noisy in ("httpx", "httpcore", "apscheduler", "telegram", "slack_bolt", "slack_sdk", "aiohttp.access", "openai"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Libraries that log every request at INFO: into the log file when there is one, else warnings only.
+    for noisy in NOISY:
+        chatty = noisy == "apscheduler"  # a line per job run, every 2 s: warnings only, even in the file
+        logging.getLogger(noisy).setLevel(max(logging.INFO if path and not chatty else logging.WARNING, root.level))
     return redact

@@ -185,3 +185,66 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def plain(text: str) -> str:
+    """Channel-neutral text for a terminal: no Markdown marks (`resume`, *bold*, _it_)."""
+    import re
+
+    text = re.sub(r"`([^`\n]*)`", r"\1", text)
+    text = re.sub(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])", r"\1", text)
+    return re.sub(r"(?<![\w_])_([^_\n]+)_(?![\w_])", r"\1", text)
+
+
+def banner(*, tag: str, exchange: str, brain: str, approvals: str, interval_s: float, next_tick: datetime | None,
+           database: str, channels: tuple[str, ...], log_file: str | None = None,
+           dashboard_url: str | None = None, paused: bool = False) -> str:
+    """What `chatops run` says first: what it trades on, who decides, when the next tick is."""
+    lines = [f"{tag} covered-call agent started",
+             f"  exchange   {exchange}",
+             f"  brain      {brain}",
+             f"  approvals  {approvals}",
+             f"  ticks      every {_every(interval_s)}"
+             + (f", next at {next_tick:%H:%M:%S} UTC" if next_tick else ""),
+             f"  database   {database}",
+             f"  channels   {', '.join(channels) or 'none'}"]
+    if log_file:
+        lines.append(f"  log        {log_file}")
+    if dashboard_url:
+        lines.append(f"  dashboard  {dashboard_url}")
+    if paused:
+        lines.append("  PAUSED (kill switch on from before): type resume to let it trade")
+    return "\n".join(lines)
+
+
+def _every(seconds: float) -> str:
+    s = float(seconds)
+    if s >= 120 and s % 60 == 0:
+        return f"{s / 60:g} min"
+    return f"{s:g} s"
+
+
+def quiet_tick(decision_id: int | None, ts: datetime, reasoning: str, best: list | None,
+               next_tick: datetime | None) -> str:
+    """One line for a tick that decided to do nothing: why, and the best candidate it saw."""
+    why = " ".join(reasoning.split())
+    if len(why) > 160:
+        why = why[:157] + "..."
+    line = f"{ts:%H:%M:%S} d{decision_id if decision_id is not None else '?'} nothing to do: {why}"
+    if best:
+        # compress_state's candidate row: [id, instrument, delta, dte, bid, yield %, score]
+        line += f" | best candidate {best[1]} (delta {best[2]:.2f}, bid {best[4]:.4f}, {best[5]:.0f}%/y)"
+    if next_tick:
+        line += f" | next {next_tick:%H:%M:%S}"
+    return line
+
+
+def fill_line(card: Card) -> str:
+    """A final card as terminal text: one line, plus one line per order when there are several."""
+    sections = dict(card.sections)
+    status = sections.get("Status", "")
+    execution = sections.get("Execution", "").splitlines()
+    orders = [o for o in execution[1:] if not o.endswith(": not sent")] or execution[:1]  # else the summary (a dry run)
+    if len(orders) <= 1:
+        return f"{card.tag} {card.title}: {status}" + (f" | {orders[0]}" if orders else "")
+    return "\n".join([f"{card.tag} {card.title}: {status}"] + [f"  {o}" for o in orders])

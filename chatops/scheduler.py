@@ -27,6 +27,7 @@ class BotRunner:
     def __init__(self, bot: Bot, *, interval: float | None = None, ticks: int | None = None) -> None:
         self.bot = bot
         self.interval = interval or bot.settings.loop_interval_sec
+        bot.interval = self.interval
         self.max_ticks = ticks
         self.stopping = asyncio.Event()
         self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
@@ -89,6 +90,11 @@ class BotRunner:
         # After the 08:00 UTC expiry and settlement.
         s.add_job(self.daily_job, "cron", hour=8, minute=5, id="daily", max_instances=1, coalesce=True)
         s.start()
+        for ch in self.bot.channels:
+            if hasattr(ch, "on_quit") and ch.on_quit is None:
+                ch.on_quit = self.stopping.set  # `quit` in the terminal
+        await self.bot.core.quiet(self.bot.banner(next_tick=datetime.now(timezone.utc)))
+        log.info("started: %s", self.bot.banner().replace("\n", " |"))
         try:
             await self.stopping.wait()
         finally:

@@ -37,7 +37,7 @@ async def test_why_without_llm_is_built_from_the_database(rule_bot):
 async def test_why_of_a_decision_and_of_nothing(rule_bot):
     assert "Decision d1" in (await rule_bot.core.why("d1", "alice", "console")).text
     missing = await rule_bot.core.why("999", "alice", "console")
-    assert not missing.ok and "Nothing found" in missing.text
+    assert not missing.ok and "There is no proposal #999" in missing.text and "why 1" in missing.text
 
 
 async def test_free_text_without_llm_says_what_works(rule_bot):

@@ -197,7 +197,7 @@ def test_an_id_out_of_range_is_one_line_on_the_cli(tmp_path):
            "HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "chatops", "approve", "9" * 30], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "out of range" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "is not a proposal number" in done.stderr and "Traceback" not in done.stderr
 
 
 async def test_a_replayed_signed_slack_request_is_refused(tmp_path):

@@ -16,7 +16,7 @@ def test_defaults_are_the_embedded_paper_setup():
 
 def test_deribit_defaults_to_dry_run():
     s = load_settings(env_file=None, exchange="deribit", deribit_client_id="id", deribit_client_secret="secret")
-    assert s.effective_dry_run and s.trading_tag == "[DRY-RUN]"
+    assert s.effective_dry_run and s.trading_tag == "[TESTNET DRY-RUN]"
 
 
 def test_deribit_needs_keys_even_for_a_dry_run():

@@ -252,7 +252,7 @@ async def test_stranger_is_refused_everywhere_and_recorded(tmp_path):
             assert status == 200
         await h.fake.wait_for(lambda: len(h.fake.ephemerals_for(STRANGER)) == 3)
         assert all(e["text"].startswith("Not authorized") for e in h.fake.ephemerals_for(STRANGER))
-        url = await h.command(STRANGER, "/approve", str(pid))
+        url = await h.command(STRANGER, "/cc", f"approve {pid}")
         assert (await h.answer(url)).text.startswith("Not authorized")
         assert (await h.answer(url)).response_type == "ephemeral"
         await h.event({"type": "app_mention", "user": STRANGER, "text": f"<@{BOT_USER_ID}> balance?",
@@ -346,24 +346,33 @@ async def test_why_button_is_answered_ephemerally(tmp_path):
 
 
 async def test_status_and_why_commands_are_ephemeral_unless_public(tmp_path):
+    # One namespaced command by default: /cc status, /cc why 3, ...
     async with running(tmp_path) as h:
         pid, card = await h.tick_card()
-        answer = await h.answer(await h.command(ALICE, "/status"))
+        answer = await h.answer(await h.command(ALICE, "/cc", "status"))
         assert answer.response_type == "ephemeral"
         assert f"Pending proposals: #{pid}" in answer.visible and "```" in answer.body["blocks"][0]["text"]["text"]
-        answer = await h.answer(await h.command(ALICE, "/why", str(pid)))
+        answer = await h.answer(await h.command(ALICE, "/cc", f"why {pid}"))
         assert answer.response_type == "ephemeral" and f"#{pid}" in answer.visible
-        answer = await h.answer(await h.command(BOB, "/status", "public"))
+        answer = await h.answer(await h.command(BOB, "/cc", "status public"))
         assert answer.response_type == "in_channel"
-        answer = await h.answer(await h.command(ALICE, "/approve", "nonsense"))
-        assert answer.text.startswith("usage") and answer.response_type == "ephemeral"
-        answer = await h.answer(await h.command(ALICE, "/reject", f"{pid} not today"))
+        answer = await h.answer(await h.command(ALICE, "/cc", "approve nonsense"))
+        assert "usage: approve &lt;id&gt;" in answer.text and answer.response_type == "ephemeral"
+        answer = await h.answer(await h.command(ALICE, "/cc", "approve 99999999999999999999"))
+        assert "is not a proposal number" in answer.text and not answer.text.count("\n")
+        answer = await h.answer(await h.command(ALICE, "/cc"))
+        assert "/cc status" in answer.visible and "/cc why [id]" in answer.visible
+        answer = await h.answer(await h.command(ALICE, "/cc", f"reject {pid} not today"))
         assert h.status(pid) == "rejected" and h.store.votes(pid)[0].reason == "not today"
         await h.fake.wait_for(lambda: not card.buttons)
+        # The old per-command form is not ours unless asked for.
+        body = urlencode(command_form(ALICE, "/status", "", CHANNEL_ID, h.fake.response_url()))
+        status, _ = await h.post(body, "application/x-www-form-urlencoded")
+        assert status == 404
 
 
-async def test_pause_notifies_the_channel_and_command_prefix(tmp_path):
-    async with running(tmp_path, slack_command_prefix="cc-") as h:
+async def test_pause_notifies_the_channel_and_legacy_commands_with_a_prefix(tmp_path):
+    async with running(tmp_path, slack_command_prefix="cc-", slack_legacy_commands=True) as h:
         pid, card = await h.tick_card()
         answer = await h.answer(await h.command(ALICE, "/cc-pause", "maintenance"))
         assert answer.text == "Paused."
@@ -522,7 +531,7 @@ async def test_socket_mode_approve_and_command(tmp_path):
         await h.fake.wait_for(lambda: h.status(pid) == "executed")
         await h.fake.wait_for(lambda: "Executed" in card.visible and not card.buttons)
         url = h.fake.response_url()
-        eid = await h.fake.push_envelope("slash_commands", command_form(BOB, "/status", "", CHANNEL_ID, url),
+        eid = await h.fake.push_envelope("slash_commands", command_form(BOB, "/cc", "status", CHANNEL_ID, url),
                                          accepts_response_payload=True)
         await h.fake.wait_for(lambda: h.fake.acks.get(eid))
         assert "Pending proposals: none" in (await h.answer(url)).visible
@@ -530,7 +539,7 @@ async def test_socket_mode_approve_and_command(tmp_path):
         await h.fake.push_message({"type": "disconnect", "reason": "refresh_requested"})
         await h.fake.wait_for(lambda: h.fake.socket_connections == 2 and h.fake.sockets)
         url = h.fake.response_url()
-        eid = await h.fake.push_envelope("slash_commands", command_form(ALICE, "/why", "", CHANNEL_ID, url))
+        eid = await h.fake.push_envelope("slash_commands", command_form(ALICE, "/cc", "why", CHANNEL_ID, url))
         await h.fake.wait_for(lambda: h.fake.acks.get(eid))
         assert f"#{pid}" in (await h.answer(url)).visible
 
@@ -600,8 +609,12 @@ def test_manifest_matches_the_commands_we_register():
     from chatops.adapters.slack import COMMANDS
 
     text = (Path(__file__).resolve().parent.parent / "slack-manifest.yaml").read_text()
-    listed = re.findall(r"- command: (/\S+)\n\s+description: \"([^\"]*)\"\n(?:\s+usage_hint: \"([^\"]*)\"\n)?", text)
-    assert [(c, d, h) for c, d, h in listed] == [(f"/{n}", d, h) for n, d, h in COMMANDS]
+    from agent.config import Settings
+
+    listed = re.findall(r"- command: (/\S+)\n\s+description: \"([^\"]*)\"\n", text)
+    # One namespaced command, the default SLACK_COMMAND; its description names every word it takes.
+    assert [c for c, _ in listed] == [f"/{Settings.model_fields['slack_command'].default}"]
+    assert all(name in listed[0][1] for name, _, _ in COMMANDS)
     assert re.search(r"socket_mode_enabled: true", text) and re.search(r"interactivity:\n\s+is_enabled: true", text)
     for needed in ("chat:write", "commands", "app_mentions:read", "im:history", "im:write", "- app_mention",
                    "- message.im"):

@@ -349,7 +349,7 @@ async def test_deribit_dry_run_reads_for_real_and_sends_nothing(tmp_path):
         settings = load_settings(env_file=None, exchange="deribit", deribit_base_url=url, deribit_client_id="k",
                                  deribit_client_secret="s", database_path=str(tmp_path / "db"),
                                  console_allowed_users="alice")
-        assert settings.effective_dry_run and settings.trading_tag == "[DRY-RUN]"
+        assert settings.effective_dry_run and settings.trading_tag == "[TESTNET DRY-RUN]"
         out = io.StringIO()
         b = Bot(settings, exchange=open_exchange(settings, clock=paper.clock),
                 channels=[ConsoleChannel(stdout=out, user="alice", read_input=False)])
@@ -363,6 +363,6 @@ async def test_deribit_dry_run_reads_for_real_and_sends_nothing(tmp_path):
             assert ex["status"] == "simulated" and ex["dry_run"]
             assert b.store.get_proposal(p.id).status == "executed"
             assert await b.exchange.client.get_order_state_by_label("BTC", p.label) == []
-            assert "[DRY-RUN] #1" in out.getvalue() and "(dry run)" in out.getvalue()
+            assert "[TESTNET DRY-RUN] #1" in out.getvalue() and "(dry run)" in out.getvalue()
         finally:
             await b.stop()

@@ -178,3 +178,16 @@ async def test_a_busy_port_leaves_the_bot_running_without_a_dashboard(tmp_path, 
             await bot.stop()
     finally:
         taken.close()
+
+
+def test_exchange_kind_names_paper_testnet_and_mainnet():
+    from agent.config import load_settings
+    from chatops.web.views import exchange_kind
+
+    key = {"deribit_client_id": "id", "deribit_client_secret": "secret"}
+    assert exchange_kind(load_settings(env_file=None)) == "paper"
+    assert exchange_kind(load_settings(env_file=None, exchange="deribit", **key)) == "testnet"
+    assert exchange_kind(load_settings(env_file=None, exchange="deribit", deribit_base_url="https://www.deribit.com",
+                                       **key)) == "mainnet"
+    assert exchange_kind(load_settings(env_file=None, exchange="deribit", deribit_base_url="http://127.0.0.1:9",
+                                       **key)) == "custom (127.0.0.1)"

@@ -52,3 +52,23 @@ async def test_pnl_page_shows_the_fills_the_exchange_reported(tmp_path):
             assert d.status_code == 200 and "Reasoning (rule)" in d.text and "Risk check" in d.text
             missing = await c.get("/decisions/999")
             assert missing.status_code == 404 and "No decision d999" in missing.text
+
+
+async def test_a_secret_that_got_into_the_database_is_still_not_rendered(tmp_path):
+    key = "sk-test-fake-openai-key-0123456789abcdef"
+    secret = "paper-secret-never-shown-42"
+    async with web_bot(tmp_path, openai_api_key=key, paper_client_secret=secret) as web:
+        await web.propose()
+        con = sqlite3.connect(web.bot.settings.database_path)  # behind the store's back: no redaction on write
+        con.execute("INSERT INTO questions (ts, user, channel, kind, text) VALUES "
+                    "('2026-01-01T00:00:00.000000Z', 'alice', 'web', 'ask', ?)",
+                    [f"is {secret} my key? and {key}? Bearer abcdefghijkl12345"])
+        con.commit()
+        con.close()
+        async with web.client() as c:
+            await login(c, "alice")
+            for path in ("/chat", "/api/v1/chat"):
+                r = await c.get(path)
+                assert r.status_code == 200 and "my key?" in r.text, path
+                assert secret not in r.text and key not in r.text and "abcdefghijkl12345" not in r.text, path
+                assert "***" in r.text

@@ -209,6 +209,7 @@ class DeribitClient:
         self._http_method = http_method.upper()
         self._next_id = 0
         self.stats = RequestCounter()  # since the client was made
+        self.testnet: bool | None = None  # the `testnet` flag of Deribit's last response envelope
 
     async def __aenter__(self) -> "DeribitClient":
         return self
@@ -262,6 +263,8 @@ class DeribitClient:
             envelope = resp.json()
         except ValueError:
             envelope = None
+        if isinstance(envelope, dict) and isinstance(envelope.get("testnet"), bool):
+            self.testnet = envelope["testnet"]
         if isinstance(envelope, dict) and isinstance(envelope.get("error"), dict):
             e = envelope["error"]
             raise error_for(_int_or_none(e.get("code")), e.get("message"), e.get("data"), method)

@@ -39,9 +39,23 @@ class DeribitError(Exception):
         self.message = message
         self.data = data
         self.method = method
-        where = f" in {method}" if method else ""
-        detail = f" ({data})" if data not in (None, "", {}) else ""
-        super().__init__(f"Deribit error {code} {message}{where}{detail}")
+        super().__init__(plain_text(code, message, data, method))
+
+
+def plain_text(code: int | None, message: str, data: Any = None, method: str | None = None) -> str:
+    """The error as a person would say it: what happened, then the exchange's own words."""
+    where = f" ({method})" if method else ""
+    detail = f": {data}" if data not in (None, "", {}) else ""
+    if code is None:
+        m = message or "error"
+        if m.startswith("connection error"):
+            return (f"the exchange cannot be reached ({m}{', ' + method if method else ''}): "
+                    "is DERIBIT_BASE_URL (or PAPER_EXCHANGE_URL) right and the network up?")
+        if m.startswith("timeout"):
+            return f"the exchange did not answer in time ({m}{', ' + method if method else ''})"
+        return f"the exchange answered something unexpected{where}: {m}"
+    words = (message or CODES.get(code, "error")).replace("_", " ")
+    return f"the exchange refused the request{where}: {words} (Deribit error {code}){detail}"
 
 
 class RetryableError(DeribitError):

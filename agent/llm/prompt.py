@@ -207,6 +207,8 @@ def user_prompt(state: AgentState, candidates: Sequence[Candidate], previous: st
     prev = previous if previous is not None else state.history.previous_decision
     if prev:
         lines.append(f"Previous decision: {clean_text(prev, PREVIOUS_MAX_CHARS)}")
+    if state.history.rejection_note():
+        lines.append(clean_text(state.history.rejection_note(), 2 * PREVIOUS_MAX_CHARS))
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import TextIO
 
-from chatops.render import Card
+from chatops.render import FINAL_STATUSES, Card, fill_line, plain
 
 from chatops.identity import os_user
 from chatops.redact import redact
@@ -29,7 +29,7 @@ class ConsoleChannel:
     name = "console"
 
     def __init__(self, *, stdin: TextIO | None = None, stdout: TextIO | None = None, user: str | None = None,
-                 read_input: bool = True) -> None:
+                 read_input: bool = True, on_quit=None) -> None:
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.user = user or os_user()  # the real uid's account, never LOGNAME/USER
@@ -40,6 +40,7 @@ class ConsoleChannel:
         self._task: asyncio.Task | None = None
         self._seen_final: set[tuple[int, str]] = set()
         self.eof = asyncio.Event()
+        self.on_quit = on_quit  # `quit` typed: the runner stops the bot
 
     # --- output -------------------------------------------------------------------------
 
@@ -47,8 +48,11 @@ class ConsoleChannel:
         return f"{code}{text}{RESET}" if self.color else text
 
     def _print(self, text: str) -> None:
-        self.stdout.write(redact(text) + "\n")
-        self.stdout.flush()
+        try:
+            self.stdout.write(redact(text) + "\n")
+            self.stdout.flush()
+        except (OSError, ValueError):  # the terminal went away: the bot goes on, the log keeps the record
+            pass
 
     def _render(self, card: Card, compact: bool = False) -> str:
         text = card.as_text(compact)
@@ -64,21 +68,31 @@ class ConsoleChannel:
             self._print(self._c(DIM, f"  -> approve {pid}  |  reject {pid} [reason]  |  why {pid}"))
 
     async def update_proposal(self, card: Card) -> None:
-        # A terminal cannot edit what it printed: show each new status once, in full when final.
+        # A terminal cannot edit what it printed: one line for each new status, and for a fill.
         key = (card.proposal_id or 0, card.status or "")
         if key in self._seen_final:
             return
         self._seen_final.add(key)
         if card.status in ("pending",):
             return
-        self._print(self._render(card, compact=True))
+        text = fill_line(card) if card.status in FINAL_STATUSES else f"{card.tag} {card.title}: {dict(card.sections).get('Status', card.status)}"
+        first, _, rest = text.partition("\n")
+        colour = {"executed": GREEN, "failed": RED, "blocked": RED, "rejected": YELLOW, "expired": DIM}.get(card.status or "", BOLD)
+        self._print(self._c(colour, first) + ("\n" + rest if rest else ""))
 
     async def notify(self, notice: Notice) -> None:
-        self._print(self._c(YELLOW, f"[{notice.kind}] ") + notice.text)
+        if notice.kind in ("fill", "order"):
+            return  # the proposal's own line above already says what was filled
+        self._print(self._c(YELLOW, f"[{notice.kind}] ") + plain(notice.text))
+
+    async def quiet(self, text: str) -> None:
+        """A line only the terminal shows: a tick that did nothing, the start-up banner."""
+        self._print(self._c(DIM, plain(text)))
 
     def show_reply(self, reply: Reply) -> None:
         if reply.text:
-            self._print(self._c(RED, reply.text) if not reply.ok else reply.text)
+            text = plain(reply.text)
+            self._print(self._c(RED, text) if not reply.ok else text)
 
     # --- input --------------------------------------------------------------------------
 
@@ -98,7 +112,7 @@ class ConsoleChannel:
 
         threading.Thread(target=reader, name="console-stdin", daemon=True).start()
         self._task = loop.create_task(self._serve())
-        self._print(self._c(DIM, f"Terminal channel ready: you are '{self.user}'. Type 'help' for commands."))
+        self._print(self._c(DIM, f"Terminal channel ready: you are '{self.user}'. Type help for commands, quit to stop."))
 
     async def _serve(self) -> None:
         while True:
@@ -108,6 +122,11 @@ class ConsoleChannel:
                 log.info("stdin closed: the terminal channel keeps printing; `chatops approve ID` works from another shell")
                 return
             if not line.strip():
+                continue
+            if line.strip().lower() in ("quit", "exit", "/quit"):
+                self._print("Stopping: the work in flight finishes first.")
+                if self.on_quit is not None:
+                    self.on_quit()
                 continue
             try:
                 reply = await self.core.handle_text(line, self.user, self.name)  # type: ignore[union-attr]

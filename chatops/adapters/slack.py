@@ -119,6 +119,10 @@ class SlackChannel(SlackInbound):
         self.options = options or SlackOptions()
         self.channel_id = settings.slack_channel_id or None
         self.prefix = settings.slack_command_prefix or ""
+        # One namespaced command (/cc status, /cc why 3), as Slack recommends; the old per-command
+        # form (/status, or /cc-status with a prefix) only when asked for, or when there is none.
+        self.command = (settings.slack_command or "").strip().lstrip("/").lower()
+        self.legacy = settings.slack_legacy_commands or not self.command
         self._token = settings.secret("slack_bot_token") or ""
         self._app_token = settings.secret("slack_app_token") or ""
         self._signing_secret = settings.secret("slack_signing_secret") or ""
@@ -182,7 +186,7 @@ class SlackChannel(SlackInbound):
         return text
 
     def command_name(self, word: str) -> str:
-        return f"/{self.prefix}{word}"
+        return f"/{self.command} {word}" if self.command else f"/{self.prefix}{word}"
 
     # --- life cycle --------------------------------------------------------------------------------------
 

@@ -54,8 +54,11 @@ class SlackInbound:
         app.action(ACTION_REJECT)(self._on_reject)
         app.action(ACTION_WHY)(self._on_why)
         app.view(REJECT_VIEW)(self._on_reject_submit)
-        for word, _, _ in COMMANDS:
-            app.command(self.command_name(word))(self._on_command)
+        if self.command:
+            app.command(f"/{self.command}")(self._on_command)
+        if self.legacy:
+            for word, _, _ in COMMANDS:
+                app.command(f"/{self.prefix}{word}")(self._on_command)
         app.event("app_mention")(self._on_mention)
         app.event("message")(self._on_message)
         app.error(self._on_error)
@@ -183,8 +186,15 @@ class SlackInbound:
     async def _command(self, body: dict, respond: Any) -> None:
         user = body.get("user_id")
         channel = body.get("channel_id")
-        word = self._word(str(body.get("command", "")))
+        command = str(body.get("command", "")).strip().lower()
         text = str(body.get("text") or "").strip()
+        if self.command and command == f"/{self.command}":
+            word, _, text = text.partition(" ")  # /cc why 3 -> why, 3
+            word, text = (word.lower() or "help"), text.strip()
+            if word in ("help", "?"):
+                text = "help"
+        else:
+            word = self._word(command)
         public = False
         words = text.split()
         if words and words[-1].lower() == "public":
@@ -202,7 +212,7 @@ class SlackInbound:
                 await answer(Reply(NOT_AUTHORIZED, ok=False, unauthorized=True, private=True))
             return
         if text.lower() == "help":
-            await answer(Reply(slack_help(self.prefix), private=True), pre=True)
+            await answer(Reply(slack_help(self.command_name), private=True), pre=True)
             return
         if word in NEEDS_TEXT and not text:
             usage = next(h for w, _, h in COMMANDS if w == word).replace("[public]", "").strip()
@@ -283,7 +293,7 @@ class SlackInbound:
         if not question:
             reply = Reply("Ask me something, e.g. why this strike? (`help` lists the commands)")
         elif is_help:
-            reply = Reply(slack_help(self.prefix))
+            reply = Reply(slack_help(self.command_name))
         else:
             reply = await self.core.ask(question, user, CHANNEL)
         if reply.unauthorized and not is_dm:

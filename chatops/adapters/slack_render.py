@@ -231,9 +231,10 @@ def reject_modal(pid: int, card: Card | None, channel: str | None) -> dict[str, 
     }
 
 
-def slack_help(prefix: str = "") -> str:
+def slack_help(command_name=lambda word: f"/cc {word}") -> str:
+    """The commands as this app answers them; `command_name("status")` is "/cc status" (or "/status")."""
     lines = ["Slash commands (end with `public` to answer in the channel rather than only to you):"]
-    lines += [f"  /{prefix}{name} {hint.replace('[public]', '').strip()}".rstrip() + f"  - {desc}"
+    lines += [f"  {command_name(name)} {hint.replace('[public]', '').strip()}".rstrip() + f"  - {desc}"
               for name, desc, hint in COMMANDS]
     lines += ["", "Under each proposal: Approve (asks to confirm), Reject (optional reason), Why.",
               "Mention the app, or write to it directly, to ask a question.", "", HELP_TEXT]

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 
-from agent.models import ActionType, PositionHistory
+from agent.models import ActionType, PositionHistory, Rejection
 from agent.pricing import realized_vol_pct
 
 from .common import TABLES, _TS_COLUMN, iso, parse_ts
@@ -106,7 +106,32 @@ class ReviewMixin:
             sym = f" {d['final_symbol']}" if d["final_symbol"] else ""
             previous = f"{parse_ts(d['ts']):%Y-%m-%d %H:%M}Z {d['final_action']}{sym} ({d['decision_source']}): {why}"
         return PositionHistory(last_action_at=last_at, roll_count=rolls, previous_decision=previous,
-                               recent_fills=tuple(reversed(fills[-3:])), **self._realized_vols(underlying, now))
+                               recent_fills=tuple(reversed(fills[-3:])), **self._realized_vols(underlying, now),
+                               rejections=self._recent_rejections(underlying, now or self._now()))
+
+    def _recent_rejections(self, underlying: str, now: datetime, hours: float = 24.0) -> tuple[Rejection, ...]:
+        """Proposals rejected in the `hours` before `now`, newest first, one per action key."""
+        rows = self._rows("SELECT id, action, symbol, roll_from, decided_at, decided_by, status_reason, action_json "
+                          "FROM proposals WHERE underlying = ? AND status = 'rejected' AND decided_at <= ? "
+                          "AND decided_at >= ? ORDER BY decided_at DESC, id DESC LIMIT 50",
+                          [underlying, iso(now), iso(now - timedelta(hours=hours))])
+        out: dict[tuple, Rejection] = {}
+        for r in rows:
+            key = (r["action"], r["symbol"], r["roll_from"])
+            if key in out:
+                continue
+            try:
+                a = json.loads(r["action_json"] or "{}")
+            except ValueError:
+                a = {}
+            reason = r["status_reason"]
+            if reason == f"rejected by {r['decided_by']}":
+                reason = None  # the default text, not a reason anyone gave
+            ref = a.get("ref_buy_price") if r["action"] == ActionType.CLOSE_COVERED_CALL.value else a.get("ref_sell_price")
+            out[key] = Rejection(proposal_id=r["id"], action=r["action"], symbol=r["symbol"], roll_from=r["roll_from"],
+                                 at=parse_ts(r["decided_at"]), by=str(r["decided_by"] or "?"), reason=reason,
+                                 ref_price=ref)
+        return tuple(out.values())
 
     def _realized_vols(self, underlying: str, now: datetime | None) -> dict[str, float]:
         """Realized vol over 7 and 30 days from the index price the ticks recorded, sampled hourly

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..adapters.base import Reply
@@ -47,7 +47,7 @@ class ReplyOut(BaseModel):
 
 def api_router(ctx: Context, auth: Auth, stopping: asyncio.Event, *, need_user: Callable[[Request], Principal],
                checked_form, question, can_act) -> APIRouter:
-    from .site import WebError
+    from .site import RedactedJSON, WebError
 
     r = APIRouter(prefix="/api/v1")
 
@@ -65,14 +65,14 @@ def api_router(ctx: Context, auth: Auth, stopping: asyncio.Event, *, need_user: 
             raise WebError(403, "read-only dashboard (chatops web): act through the running bot or the CLI")
         return p
 
-    def out(reply: Reply) -> JSONResponse:
+    def out(reply: Reply) -> RedactedJSON:
         status = None
         if reply.proposal_id is not None:
             row = ctx.store.get_proposal(reply.proposal_id)
             status = row.status if row else None
         code = 403 if reply.unauthorized else 200 if reply.ok else 409
         body = ReplyOut(ok=reply.ok, text=reply.text, proposal_id=reply.proposal_id, status=status)
-        return JSONResponse(body.model_dump(), status_code=code)
+        return RedactedJSON(body.model_dump(), status_code=code)
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import uvicorn
 from agent.clock import WallClock
 from agent.config import Settings
 
+from .. import redact
 from .auth import Auth
 from .site import create_app
 from .users import UserStore
@@ -60,6 +61,7 @@ class WebServer:
                  announce=None) -> None:
         self.ctx = ctx
         self.host, self.port, self.sock = host, port, sock
+        redact.configure(ctx.settings)  # every page and answer passes the redactor, knowing this process's secrets
         self.auth = Auth(UserStore.from_settings(ctx.settings), max_age_s=ctx.settings.web_session_hours * 3600)
         self.stopping = asyncio.Event()
         self.app = create_app(ctx, self.auth, self.stopping)

@@ -17,9 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature
+from markupsafe import Markup
 
 from ..adapters.base import Reply
 from ..ask import why_text
+from ..redact import redact, redact_value
 from . import views
 from .auth import COOKIE, Auth, Principal, csrf_ok
 from .views import Context
@@ -34,6 +36,20 @@ class WebError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class RedactedJSON(JSONResponse):
+    """Every string of every JSON answer passes through the one redactor, the last gate before a page."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(redact_value(content))
+
+
+def _finalize(value: Any) -> Any:
+    """Jinja's hook on every `{{ ... }}` output: the same redactor, for HTML."""
+    if isinstance(value, Markup):
+        return Markup(redact(str(value)))
+    return redact(value) if isinstance(value, str) else value
 
 
 def principal(auth: Auth, request: Request) -> Principal | None:
@@ -53,10 +69,12 @@ def client_key(request: Request) -> str:
 
 def create_app(ctx: Context, auth: Auth, stopping: asyncio.Event) -> FastAPI:
     app = FastAPI(title="covered-call chatops", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  default_response_class=RedactedJSON,
                   description="The dashboard's REST API. Authenticate with `Authorization: Bearer <token>` "
                               "(`chatops web-user token NAME`) or a session cookie plus `X-CSRF-Token`.")
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.globals["equity_svg"] = views.equity_svg
+    templates.env.finalize = _finalize
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -74,7 +92,7 @@ def create_app(ctx: Context, auth: Auth, stopping: asyncio.Event) -> FastAPI:
     @app.exception_handler(WebError)
     async def web_error(request: Request, exc: WebError):
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return RedactedJSON({"error": exc.message}, status_code=exc.status)
         return page(request, "message.html", {"message": exc.message, "ok": False}, status=exc.status)
 
     def may(p: Principal | None, action: str) -> bool:
