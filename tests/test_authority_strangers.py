@@ -203,7 +203,7 @@ def test_an_id_out_of_range_is_one_line_on_the_cli(tmp_path):
 async def test_a_replayed_signed_slack_request_is_refused(tmp_path):
     async with slack_running(tmp_path) as h:
         await h.bot.core.pause(SLACK_ALICE, "slack", "for the test")
-        body = urlencode(command_form(SLACK_ALICE, "/resume", "", h.channel.channel_id, h.fake.response_url()))
+        body = urlencode(command_form(SLACK_ALICE, "/cc", "resume", h.channel.channel_id, h.fake.response_url()))
         headers = sign(body)
         first, _ = await h.post(body, "application/x-www-form-urlencoded", headers)
         await h.fake.wait_for(lambda: not h.bot.approvals.is_paused())
