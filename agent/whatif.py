@@ -144,3 +144,47 @@ def describe(overrides: dict[str, tuple[float, str]]) -> str:
     return ", ".join(parts)
 
 
+
+
+# --- a hypothetical state is not the live one ---------------------------------------------------
+
+
+def whole_chain_settings(settings: Settings) -> Settings:
+    """Settings that keep every liquid call as a candidate (any DTE, any delta), so that
+    `apply_overrides` re-selects from the whole chain under the new spot and IV, not only from
+    the calls that pass today's filters."""
+    return settings.model_copy(update={"min_dte": 0.0, "max_dte": 3650.0, "min_delta": 0.0001, "max_delta": 0.9999})
+
+
+def without_waiting(state: AgentState) -> AgentState:
+    """The state with the hysteresis and the rejection cool-down lifted: a what-if asks what the
+    agent would do in that market, not what it would wait for."""
+    h = state.history.model_copy(update={"last_action_at": {}, "rejections": ()})
+    return state.model_copy(update={"history": h})
+
+
+def waiting_note(state: AgentState, settings: Settings) -> str | None:
+    """What `without_waiting` lifted, in words (None when nothing was in force)."""
+    parts = []
+    recent = [s for s, at in state.history.last_action_at.items()
+              if timedelta(0) <= state.timestamp - at < timedelta(minutes=settings.hysteresis_min)]
+    if recent:
+        parts.append(f"the {settings.hysteresis_min:g}-min hysteresis after the last action ({', '.join(sorted(recent))})")
+    rejected = [r for r in state.history.rejections
+                if timedelta(0) <= state.timestamp - r.at < timedelta(minutes=settings.reject_cooldown_min)]
+    if rejected:
+        parts.append("the rejection cool-down (" + "; ".join(r.text() for r in rejected[:3]) + ")")
+    return ("Hypothetical, so not applied: " + " and ".join(parts) + ".") if parts else None
+
+
+def uncovered_calls(state: AgentState) -> list[str]:
+    """Short calls the coin held no longer covers (one coin per contract), named."""
+    shorts = state.short_calls
+    short_total = sum(abs(p.size) for p in shorts)
+    equity = state.account.equity
+    if not shorts or short_total <= equity + 1e-9:
+        return []
+    gap = short_total - equity
+    return [f"UNCOVERED: short {abs(p.size):g} {p.instrument_name} (strike {p.strike:,.0f}, {p.dte:.1f} DTE) is not "
+            f"covered: {equity:.4f} {state.underlying} held against {short_total:g} sold ({gap:g} naked); "
+            f"a rise above the strike would cost coin the account does not have" for p in shorts]

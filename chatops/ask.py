@@ -18,7 +18,16 @@ from agent.policy import decide_action
 from agent.risk import apply_risk
 from agent.state import build_agent_state
 from agent.tick import config_snapshot
-from agent.whatif import WhatIfError, apply_overrides, describe, parse_overrides
+from agent.whatif import (
+    WhatIfError,
+    apply_overrides,
+    describe,
+    parse_overrides,
+    uncovered_calls,
+    waiting_note,
+    whole_chain_settings,
+    without_waiting,
+)
 
 from .adapters.base import Reply
 from .llm_wiring import BudgetSpent
@@ -187,10 +196,12 @@ class Asker:
             self._record(user, channel, "whatif", asked, str(exc), "rules")
             return Reply(str(exc), ok=False)
         bot = self.bot
-        state = await build_agent_state(bot.exchange.client, self.settings, clock=bot.exchange.clock,
+        # Every liquid call, so the new spot and IV can bring calls into the bands that are out today.
+        state = await build_agent_state(bot.exchange.client, whole_chain_settings(self.settings), clock=bot.exchange.clock,
                                         history=bot.store.history_for_policy(self.settings.underlying, bot.now()))
+        note = waiting_note(state, self.settings)
         try:
-            modified = apply_overrides(state, overrides, self.settings)
+            modified = without_waiting(apply_overrides(state, overrides, self.settings))
         except WhatIfError as exc:
             self._record(user, channel, "whatif", asked, str(exc), "rules")
             return Reply(str(exc), ok=False)
@@ -201,6 +212,11 @@ class Asker:
                  f"{' size %g' % final.size if final.size else ''}",
                  f"  {proposed.reasoning}",
                  f"  Risk: {'allowed' if risk.allowed else 'blocked: ' + '; '.join(risk.reasons)}"]
+        lines += [f"  {u}" for u in uncovered_calls(modified)]
+        lines.append(f"  Candidates re-selected from all {state.chain_size} options: {len(modified.candidates)} pass the "
+                     f"DTE and delta bands under the new market (the liquidity filters as today).")
+        if note:
+            lines.append(f"  {note}")
         source = "rules"
         out = None
         if self.llm.drives:

@@ -396,7 +396,7 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
         lines.append(f"Last tick #{last['id']} {age:.0f}s ago: {last['final_action']} {last.get('final_symbol') or ''}".rstrip())
         st = last.get("state") or {}
         fresh = live.get("account_now")
-        if fresh and fresh[0] > _dt(last["ts"]):  # read after an execution since that tick
+        if fresh and fresh[0] >= _dt(last["ts"]):  # read after an execution since that tick
             st = fresh[1]
             lines.append(f"Account read {max((now - fresh[0]).total_seconds(), 0):.0f}s ago, after the last execution:")
             lines.append(f"  spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "

@@ -187,7 +187,7 @@ def test_exchange_kind_names_paper_testnet_and_mainnet():
     key = {"deribit_client_id": "id", "deribit_client_secret": "secret"}
     assert exchange_kind(load_settings(env_file=None)) == "paper"
     assert exchange_kind(load_settings(env_file=None, exchange="deribit", **key)) == "testnet"
-    assert exchange_kind(load_settings(env_file=None, exchange="deribit", deribit_base_url="https://www.deribit.com",
+    assert exchange_kind(load_settings(env_file=None, exchange="deribit", deribit_base_url="https://www.deribit.com", allow_mainnet=True,
                                        **key)) == "mainnet"
     assert exchange_kind(load_settings(env_file=None, exchange="deribit", deribit_base_url="http://127.0.0.1:9",
                                        **key)) == "custom (127.0.0.1)"

@@ -195,15 +195,16 @@ def parse_ref(ref: int | str | None) -> tuple[int | None, int | None]:
     "d34" -> decision 34; anything else -> (None, None)."""
     if ref is None or isinstance(ref, bool):
         return None, None
+    fits = lambda n: n if 0 <= n <= 2**63 - 1 else None  # noqa: E731 - SQLite's integers; bigger names no row
     if isinstance(ref, int):
-        return ref, None
+        return fits(ref), None
     r = str(ref).strip().lstrip("#").lower()
     if r.startswith(LABEL_PREFIX):
         r = r[len(LABEL_PREFIX):]
     if r.isdigit():
-        return int(r), None
+        return fits(int(r)), None
     if r[:1] == "d" and r[1:].isdigit():
-        return None, int(r[1:])
+        return None, fits(int(r[1:]))
     return None, None
 
 
