@@ -52,6 +52,9 @@ async def test_log_in_see_the_card_update_live_approve_and_see_it_executed(tmp_p
                 await page.click(f"#approve-{pid}")
                 await expect(page).to_have_url(web.url + f"/proposals/{pid}")
                 await expect(page.locator(f"#status-{pid}")).to_contain_text("Executed", timeout=20_000)
+                # Only the card refreshes live; the orders box is as of the page's load (the vote is
+                # recorded off the loop, so the execution may finish after the redirect rendered it).
+                await page.reload()
                 await expect(page.locator("#orders")).to_contain_text("filled")
                 shot = tmp_path / "2-executed.png"
                 await page.screenshot(path=str(shot), full_page=True)
