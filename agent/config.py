@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     max_state_age_sec: float = Field(30.0, gt=0, le=3600)
     max_slippage_pct: float = Field(10.0, ge=0, le=100)  # BTC option spreads are wide: 1 tick of 0.0005 is ~4 % of a 0.012 premium
 
+    # Working orders (agent/orders.py): start at the mid, step toward the touch every
+    # ORDER_REPRICE_SEC, cancel what still rests after ORDER_TIMEOUT_SEC. A send whose answer was
+    # lost is looked up by label until ORDER_UNKNOWN_GIVEUP_SEC, never resent.
+    order_reprice_sec: float = Field(20.0, ge=0.01, le=3600)
+    order_timeout_sec: float = Field(180.0, ge=0.01, le=86400)
+    order_unknown_giveup_sec: float = Field(60.0, ge=0.01, le=86400)
+
     # Loop and approvals
     loop_interval_sec: float = Field(300.0, ge=1, le=86_400)
     approval_mode: Literal["manual", "auto"] = "manual"
@@ -232,6 +239,9 @@ class Settings(BaseSettings):
             raise ValueError(f"MIN_DTE ({self.min_dte}) must not exceed MAX_DTE ({self.max_dte})")
         if self.min_delta > self.max_delta:  # type: ignore[operator]
             raise ValueError(f"MIN_DELTA ({self.min_delta}) must not exceed MAX_DELTA ({self.max_delta})")
+        if self.order_reprice_sec > self.order_timeout_sec:
+            raise ValueError(f"ORDER_REPRICE_SEC ({self.order_reprice_sec:g}) must not exceed ORDER_TIMEOUT_SEC "
+                             f"({self.order_timeout_sec:g})")
         if self.exchange == "deribit" and not (self.deribit_client_id and self.deribit_client_secret):
             # Even a dry run reads the account and positions, which are private methods.
             raise ValueError("EXCHANGE=deribit needs DERIBIT_CLIENT_ID and DERIBIT_CLIENT_SECRET (an API key with "

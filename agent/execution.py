@@ -139,6 +139,10 @@ def _result(outcomes: list[OrderOutcome], dry: bool, message: str, force: Execut
     err = next((o.error_code for o in outcomes if o.error_code is not None), None)
     if force is not None:
         status = force
+    elif any(o.order_id is None and o.order_state is None and o.error_code is None and o.error_message for o in outcomes):
+        # A transport error (no code) and no order found by label: the outcome is not known. Never
+        # SUBMITTED (that would read as "sent"): the caller must look the label up again.
+        status = ExecutionStatus.UNKNOWN
     elif any(o.order_id is None and o.error_code is not None and o.order_state != "rejected" for o in outcomes):
         status = ExecutionStatus.FAILED
     elif any(o.order_state == "rejected" for o in outcomes):

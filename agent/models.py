@@ -211,11 +211,13 @@ class OrderOutcome(Value):
     error_code: int | None = None
     error_message: str | None = None
     reused: bool = False  # found on the exchange by label; nothing sent
+    fee: float | None = None  # coin, from the account's trades of this order
 
 
 class ExecutionStatus(str, Enum):
     SIMULATED = "simulated"
     SUBMITTED = "submitted"
+    UNKNOWN = "unknown"  # the send's answer was lost and the label was not found (yet)
     FILLED = "filled"
     PARTIALLY_FILLED = "partially_filled"
     REJECTED = "rejected"

@@ -84,6 +84,10 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("max_expiry_exposure", "risk: short calls per expiry (coin) at most this", "by UNDERLYING: 0.5 BTC, 5 ETH"),
         ("max_state_age_sec", "risk: a state older than this many seconds is not acted on"),
         ("max_slippage_pct", "a sell is never priced below the mark minus this % (a buy never above plus)"),
+        ("order_reprice_sec", "a working order steps from the mid toward the touch this often (seconds)"),
+        ("order_timeout_sec", "what still rests after this many seconds is cancelled (not below ORDER_REPRICE_SEC)"),
+        ("order_unknown_giveup_sec", "a send whose answer was lost and whose label never shows up in this many "
+                                     "seconds of lookups is taken as never placed (nothing is resent)"),
     ],
     "Loop and approvals": [
         ("loop_interval_sec", "seconds between ticks (`chatops run --interval` overrides)"),

@@ -1,6 +1,7 @@
-"""Approval latency: from an Approve press reaching the bot to the order reaching the exchange.
+"""Approval latency: from an Approve press (Telegram) or `chatops approve N` (another process) to
+the order reaching the exchange.
 
-    .venv/bin/python bench/approval_latency.py [-n 20]
+    .venv/bin/python bench/approval_latency.py [-n 20] [--path telegram|cli|both]
 
 Set-up, all on loopback: a fake Telegram Bot API (tests/fakes/telegram_server.py) and the paper
 exchange served over HTTP (agent.deribit.paper_server via tests/fakes/paper_http.py) run in a
@@ -17,14 +18,27 @@ compare-and-swap in SQLite, the fresh state read (index, instruments, book, acco
 the risk and price-drift re-check, and the order request on the wire. It does not include the
 exchange's own matching time. Also printed: press -> answerCallbackQuery arriving at Telegram.
 Target: p50 under 150 ms.
+
+The CLI path: `python -m chatops approve N` is started as a separate process (as from a second
+shell) while the bot runs its vote watch (chatops.scheduler.BotRunner._watch_votes: PRAGMA
+data_version every 50 ms). Start: just before the process is spawned; end: the labelled order
+reaching the exchange. So it includes the CLI's whole start-up (Python, imports, settings, opening
+the store), the vote's transaction, the watch noticing the commit, the fresh state and re-check,
+and the order on the wire. Target: p50 under 500 ms.
+
+Each order then rests (a sell starts at the mid); it is cancelled outside the measurement so the
+next tick can propose afresh.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +53,7 @@ from agent.config import load_settings  # noqa: E402
 from agent.deribit.paper import PaperExchange  # noqa: E402
 from chatops.adapters.telegram import TelegramChannel, TelegramOptions  # noqa: E402
 from chatops.app import Bot  # noqa: E402
+from chatops.scheduler import BotRunner  # noqa: E402
 from tests.fakes.paper_http import paper_http  # noqa: E402
 from tests.fakes.telegram_server import FakeTelegram, fake_telegram_server  # noqa: E402
 
@@ -131,7 +146,27 @@ def pct(values: list[float], q: float) -> float:
     return s[k]
 
 
-async def run(n: int) -> dict[str, list[float]]:
+async def next_proposal(bot: Bot, i: int):
+    await flatten(bot)
+    await bot.tick()
+    row = bot.store.latest_proposal()
+    if row is None or row.status != "pending":
+        raise RuntimeError(f"press {i + 1}: the tick made no fresh proposal ({row.status if row else 'none'})")
+    return row
+
+
+async def clear(bot: Bot, pid: int, i: int) -> None:
+    """Cancel the resting order (outside the measurement) and check the proposal was sent."""
+    await bot.core.drain()
+    status = bot.store.get_proposal(pid).status
+    if status == "executing":
+        await bot.executor.cancel(pid, "bench", "bench")
+        status = bot.store.get_proposal(pid).status
+    if status not in ("executed", "failed") or not bot.store.legs(pid) or not bot.store.legs(pid)[0].order_id:
+        raise RuntimeError(f"press {i + 1}: proposal #{pid} ended {status} without an order at the exchange")
+
+
+async def run(n: int, paths: tuple[str, ...]) -> dict[str, list[float]]:
     tmp = Path(tempfile.mkdtemp(prefix="approval-bench-"))
     paper = PaperExchange(state_path=tmp / "paper.json", initial_equity=100.0)
     services = Services(paper)
@@ -151,14 +186,27 @@ async def run(n: int) -> dict[str, list[float]]:
                                                                 group_per_minute=1_000_000))
     bot = Bot(settings, channels=[channel])
     await bot.start()
-    out: dict[str, list[float]] = {"order": [], "answer": [], "rate_wait": []}
+    out: dict[str, list[float]] = {"order": [], "answer": [], "rate_wait": [], "cli": []}
+    runner = BotRunner(bot)
+    watcher = asyncio.get_running_loop().create_task(runner._watch_votes())
+    env = {**os.environ, "DATABASE_PATH": settings.database_path, "CONSOLE_ALLOWED_USERS": getpass.getuser(),
+           "LOG_LEVEL": "WARNING"}
     try:
-        for i in range(n):
-            await flatten(bot)
-            await bot.tick()
-            row = bot.store.latest_proposal()
-            if row is None or row.status != "pending":
-                raise RuntimeError(f"press {i + 1}: the tick made no fresh proposal ({row.status if row else 'none'})")
+        for i in range(n if "cli" in paths else 0):
+            row = await next_proposal(bot, i)
+            await let_rate_limit_refill(bot)
+            start = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "chatops", "approve", str(row.id),
+                                                        env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+                                                        stderr=subprocess.PIPE)
+            await wait_for(lambda: row.label in services.arrivals, timeout=20)
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"chatops approve failed: {err.decode()[-500:]}")
+            out["cli"].append((services.arrivals[row.label] - start) * 1000)
+            await clear(bot, row.id, i)
+        for i in range(n if "telegram" in paths else 0):
+            row = await next_proposal(bot, i)
             refs = await wait_for(lambda: bot.core.message_refs(row.id, "telegram"))
             message_id = int(refs[0][1])
             await let_rate_limit_refill(bot)
@@ -166,10 +214,7 @@ async def run(n: int) -> dict[str, list[float]]:
             qid = services.call(tg.push_callback, USER, f"a:{row.id}", message_id, CHAT)
             await wait_for(lambda: row.label in services.arrivals)
             await wait_for(lambda: tg.answer(qid))
-            await bot.core.drain()
-            status = bot.store.get_proposal(row.id).status
-            if status != "executed":
-                raise RuntimeError(f"press {i + 1}: proposal #{row.id} ended {status}")
+            await clear(bot, row.id, i)
             served = tg.served_at_query(qid)
             if served is None:
                 raise RuntimeError("the fake did not record when it handed out the press")
@@ -179,6 +224,8 @@ async def run(n: int) -> dict[str, list[float]]:
             limiter = bot.exchange.client.limiter
             out["rate_wait"].append((limiter.ordinary.waited_s + limiter.orders.waited_s - waited_before) * 1000)
     finally:
+        runner.stopping.set()
+        await asyncio.gather(watcher, return_exceptions=True)
         await bot.stop()
         services.stop()
     return out
@@ -188,11 +235,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=20, help="presses, each on a fresh proposal (default 20)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every press")
+    parser.add_argument("--path", choices=["telegram", "cli", "both"], default="both",
+                        help="which approval path to measure (default both)")
     args = parser.parse_args()
+    paths = ("telegram", "cli") if args.path == "both" else (args.path,)
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("httpx", "telegram", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    res = asyncio.run(run(args.n))
+    res = asyncio.run(run(args.n, paths))
+    if res["cli"]:
+        v = res["cli"]
+        print(f"CLI approval latency over {args.n} runs of `chatops approve N` from another process")
+        print(f"  {'approve process -> order':28s} p50 {statistics.median(v):6.1f} ms   p95 {pct(v, 95):6.1f} ms   "
+              f"max {max(v):6.1f} ms")
+        print(f"  target p50 < 500 ms (incl. the CLI's start-up): {'met' if statistics.median(v) < 500 else 'NOT met'}")
+    if not res["order"]:
+        return
     if args.verbose:
         for i, (o, a) in enumerate(zip(res["order"], res["answer"]), 1):
             print(f"  press {i:2d}: order {o:6.1f} ms, answer {a:6.1f} ms")

@@ -56,7 +56,8 @@ class Bot:
         self.core = Core(self.store, self.approvals, settings, clock=self.exchange.clock, asker=self.asker,
                          status_provider=self.live_status)
         self.llm.notify = self.core.notify
-        self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change)
+        self.executor = Executor(self.store, self.approvals, self.exchange, settings, on_change=self._on_exec_change,
+                                 notify=self._on_order_event)
         self.core.executor = self.executor
         self._channels = channels
         # The dashboard (chatops.web.server.WebServer): from WEB_PORT by default; with channels given
@@ -70,6 +71,7 @@ class Bot:
         self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
         self._anchored = self.store.audit_head().count  # chain entries covered by the last anchor written
+        self._data_version: int | None = None
         self.interval = settings.loop_interval_sec  # the runner sets what it schedules
         self.dashboard_url: str | None = None  # the web channel sets it when it serves one
         self.log_file: str | None = None  # where the log goes when not the terminal
@@ -96,6 +98,10 @@ class Bot:
         for ch in channels:
             await ch.start(self.core)
             self.core.channels.append(ch)
+        for r in reconciled:  # told now that the channels are up (the store has it already)
+            if r.status in ("executed", "failed"):
+                await self.core.notify("failure" if r.status == "failed" else "fill",
+                                       f"After a restart: #{r.proposal_id} {r.status}: {r.message}", record=False)
         if self.web is None and self._web_from_settings:
             from .web.server import WebServer
 
@@ -175,6 +181,7 @@ class Bot:
         return out
 
     async def stop(self) -> None:
+        self.executor.closed = True  # a recording still retrying gives up: the restart settles it by label
         if self.web is not None:
             await self.web.stop()
         await self.core.drain()
@@ -263,12 +270,14 @@ class Bot:
             self._fallback_alerted = False
 
     async def sweep(self) -> None:
-        """Expire what is due and execute what is approved (from any process); anchor the chain."""
+        """Expire what is due, execute what is approved (from any process), follow every order still
+        working or whose outcome is not known yet, and anchor the audit chain."""
         await self.core.announce_pause_change()
         for pid in await asyncio.to_thread(self.approvals.expire_due):
             await self.core.refresh_proposal(pid)
         if not self.approvals.is_paused():
             await self.executor.execute_approved()
+        await self.executor.follow()
         self.anchor(f"every {self.settings.audit_anchor_every}")
 
     def anchor(self, why: str, *, force: bool = False):
@@ -287,6 +296,25 @@ class Bot:
             return None
         self._anchored = head.count
         return head
+
+
+    async def pick_up_votes(self) -> bool:
+        """Execute what another process approved, as soon as it commits: PRAGMA data_version (behind
+        `Store.data_version`) changes only when another connection writes, so an idle check costs
+        one pragma. True when something changed."""
+        version = self.store.data_version()
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        if not self.approvals.is_paused():
+            await self.executor.execute_approved()
+        return True
+
+    async def _on_order_event(self, pid: int, kind: str, text: str) -> None:
+        """One chat line per fill, partial fill, cancel, lost answer and found order (the store
+        already holds its `order_<kind>` event)."""
+        notice = "fill" if kind in ("fill", "partial_fill") else "failure" if kind == "alert" else "info"
+        await self.core.notify(notice, text, record=kind == "alert")
 
     async def _on_exec_change(self, pid: int) -> None:
         await self.core.refresh_proposal(pid)

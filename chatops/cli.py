@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -77,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     j = sub.add_parser("reject", help="reject a proposal")
     j.add_argument("id", type=_proposal_id, help="the proposal's number, as shown on its card (#12 -> 12)")
     j.add_argument("--reason", help="why: shown on the card and to the brain, which will not propose it again soon")
+    cn = sub.add_parser("cancel", help="cancel a proposal's working order (the running bot does it on the exchange)")
+    cn.add_argument("id", type=_proposal_id, help="the proposal's number, as shown on its card (#12 -> 12)")
     ps = sub.add_parser("pause", help="kill switch on: no proposals, no executions")
     ps.add_argument("--reason", help="why, for the audit trail and the chat announcement")
     sub.add_parser("resume", help="kill switch off")
@@ -88,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="review decisions, proposals and events; export; verify")
     asub = au.add_subparsers(dest="audit_cmd", required=True)
     for table in ("decisions", "proposals", "events"):
-        lp = asub.add_parser(table, help=f"list {table}, newest first")
+        lp = asub.add_parser(table, help=f"list {table}, " + ("the latest, in the order they happened" if table == "events"
+                                                               else "newest first"))
         lp.add_argument("--since", help=_SINCE_HELP)
         lp.add_argument("--until", help=_UNTIL_HELP)
         lp.add_argument("--limit", type=_positive_int, default=50, help="at most this many rows (default 50)")
@@ -221,6 +225,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return _vote(store, settings, cmd, args.id, getattr(args, "reason", None))
         if cmd in ("pause", "resume"):
             return _pause(store, settings, cmd, getattr(args, "reason", None))
+        if cmd == "cancel":
+            return _cancel(store, settings, args.id)
         if cmd == "audit":
             return _audit(store, settings, args)
     finally:
@@ -344,6 +350,35 @@ def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> 
     result = svc.vote(pid, user, "cli", "approve" if cmd == "approve" else "reject", reason)
     print(result.message + (" The running bot executes it." if result.kind == "approved" else ""))
     return 0 if result.ok else 1
+
+
+def _cancel(store, settings: Settings, pid: int) -> int:
+    """Record a cancel request; the running bot's next sweep cancels the order on the exchange."""
+    from .approvals import ApprovalService
+
+    svc = ApprovalService(store, settings)
+    user = os_user()
+    refused = svc.authorize("cli", user, "cancel", proposal_id=pid)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 1
+    row = store.get_proposal(pid)
+    if row is None:
+        print(f"No proposal #{pid}.", file=sys.stderr)
+        return 1
+    if row.status == "pending":
+        result = svc.cancel(pid, user, "cli")
+        print(result.message, file=sys.stdout if result.kind == "cancelled" else sys.stderr)
+        return 0 if result.kind == "cancelled" else 1
+    if row.status != "executing":
+        print(f"#{pid} has no working order ({row.status}).", file=sys.stderr)
+        return 1
+    asked = store.request_cancel(pid, user, "cli")
+    if not asked:
+        print(f"#{pid}: nothing left to cancel (its orders are final or already being cancelled).", file=sys.stderr)
+        return 1
+    print(f"Cancel of #{pid} ({', '.join(asked)}) recorded: the running bot cancels it on the exchange.")
+    return 0
 
 
 def _pause(store, settings: Settings, cmd: str, reason: str | None) -> int:

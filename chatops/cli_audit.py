@@ -24,7 +24,9 @@ PROPOSAL_STATUSES = ("pending", "approved", "executing", "executed", "failed", "
 # Every kind of row the events table holds (tests/test_cli.py checks the code writes no other).
 EVENT_KINDS = ("proposal_created", *(f"proposal_{s}" for s in PROPOSAL_STATUSES if s != "pending"), "vote",
                "execution_recorded", "unauthorized", "unauthorized_vote", "auto_approve_declined", "flag_set",
-               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed", "outbox_gave_up")
+               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed", "cancel_requested", "outbox_gave_up",
+               *(f"order_{k}" for k in ("sent", "unknown", "found", "fill", "partial_fill", "repriced", "cancelled",
+                                        "rejected", "not_found")))
 
 def _action_filter(text: str | None) -> str | None:
     if not text:

@@ -145,10 +145,12 @@ class Core:
             except Exception:
                 log.exception("channel %s could not update proposal #%d", ch.name, pid)
 
-    async def notify(self, kind: str, text: str, *, skip: str | None = None) -> None:
+    async def notify(self, kind: str, text: str, *, record: bool = True, skip: str | None = None) -> None:
+        """One line to every channel (but `skip`); `record=False` when the store already holds it as an event."""
         notice = Notice(kind=kind, text=text)
-        await self._record_soon(self.store.append_event, "notice", actor="agent", channel="all",
-                                reason=f"{kind}: {text[:300]}")
+        if record:
+            await self._record_soon(self.store.append_event, "notice", actor="agent", channel="all",
+                                    reason=f"{kind}: {text[:300]}")
         for ch in self.channels:
             if ch.name == skip:
                 continue
@@ -224,6 +226,16 @@ class Core:
         return Reply(result.message, ok=result.ok, proposal_id=pid, private=not result.ok)
 
     async def cancel(self, proposal_id: int, user: str, channel: str, reason: str | None = None) -> Reply:
+        """Cancel proposal N (approvers only; who did it is recorded): a pending one is withdrawn;
+        an executing one has its working order cancelled on the exchange."""
+        row = self.store.get_proposal(proposal_id)
+        if row is not None and row.status == "executing" and self.executor is not None:
+            if (refused := await self._guard(channel, user, "cancel", action="cancel")):
+                return refused
+            ok, text = await self.executor.cancel(proposal_id, str(user), channel)
+            if ok:
+                await self.refresh_proposal(proposal_id)
+            return Reply(text, ok=ok, proposal_id=proposal_id, private=not ok)
         result = self.approvals.cancel(proposal_id, str(user), channel, reason)
         if result.kind == "unauthorized":
             return self._refuse(result.message)
@@ -337,6 +349,13 @@ class Core:
             if word == "approve":
                 return await self.approve(pid, user, channel)
             return await self.reject(pid, user, channel, reason.strip() or None)
+        if word == "cancel":
+            if (refused := await self._guard(channel, user, word, action=word)):
+                return refused
+            pid = _parse_id(rest)
+            if pid is None:
+                return Reply("usage: cancel <id>", ok=False, private=True)
+            return await self.cancel(pid, user, channel)
         if word == "why":
             return await self.why(rest or None, user, channel)
         if word == "status":

@@ -20,6 +20,7 @@ from .app import Bot
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 2.0
+VOTE_WATCH_S = 0.05  # how often the database is asked whether another process wrote (one pragma)
 STOP_GRACE_S = 20.0
 
 
@@ -99,10 +100,29 @@ class BotRunner:
                 ch.on_quit = self.stopping.set  # `quit` in the terminal
         await self.bot.core.quiet(self.bot.banner(next_tick=datetime.now(timezone.utc)))
         log.info("started: %s", self.bot.banner().replace("\n", " |"))
+        watcher = asyncio.get_running_loop().create_task(self._watch_votes())
         try:
             await self.stopping.wait()
         finally:
+            self.stopping.set()
+            # Never cancelled mid-execution: it ends on its own once `stopping` is set.
+            _, late = await asyncio.wait([watcher], timeout=STOP_GRACE_S)
+            for t in late:
+                t.cancel()
             await self.shutdown()
+
+    async def _watch_votes(self) -> None:
+        """A vote from `chatops approve` in another shell is executed within ~VOTE_WATCH_S, not at
+        the next sweep. The check itself is one PRAGMA when nothing changed."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(VOTE_WATCH_S)
+            try:
+                changed = self.bot.store.data_version() != self.bot._data_version
+            except Exception:
+                log.exception("vote watch: the database could not be read")
+                continue
+            if changed:
+                await self._job(self.bot.pick_up_votes)
 
     def _on_signal(self, sig: int) -> None:
         log.info("received %s: stopping after the work in flight", signal.Signals(sig).name)

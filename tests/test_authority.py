@@ -14,7 +14,7 @@ import pytest
 from agent.config import ConfigError
 from chatops.approvals import ApprovalService
 from chatops.identity import Directory, load_people, os_user
-from tests.spine_helpers import make_bot, make_settings, orders_with_label
+from tests.spine_helpers import make_bot, make_settings, orders_with_label, settle_orders
 
 ROOT = Path(__file__).resolve().parents[1]
 ME = os_user()
@@ -59,7 +59,7 @@ async def test_a_shell_without_approvals_required_cannot_approve_a_two_person_pr
         await b.sweep()
         assert b.store.get_proposal(p.id).status == "pending" and await orders_with_label(b, p.label) == []
         reply = await b.core.approve(p.id, "bob", "console")  # the second person: now it executes
-        await b.core.drain()
+        await settle_orders(b)  # the sell starts at the mid and steps toward the bid
         assert reply.ok and b.store.get_proposal(p.id).status == "executed"
     finally:
         await b.stop()
@@ -150,7 +150,7 @@ async def test_one_person_on_two_channels_votes_once(tmp_path):
         assert not again.ok and "already voted" in again.text
         assert b.store.get_proposal(p.id).status == "pending"
         assert (await b.core.approve(p.id, "bob", "console")).ok
-        await b.core.drain()
+        await settle_orders(b)
         assert b.store.get_proposal(p.id).status == "executed"
         assert [v.person for v in b.store.votes(p.id)] == ["alice", "bob"]
     finally:

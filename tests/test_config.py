@@ -41,6 +41,8 @@ def test_profile_then_single_override(monkeypatch):
         ("APPROVALS_REQUIRED", "0", "greater than or equal to 1"),
         ("TELEGRAM_ALLOWED_USER_IDS", "12,bob", "numbers"),
         ("DRY_RUN", "maybe", "valid boolean"),
+        ("ORDER_REPRICE_SEC", "0", "greater than or equal to 0.01"),
+        ("ORDER_TIMEOUT_SEC", "-1", "greater than or equal to 0.01"),
     ],
 )
 def test_bad_value_is_one_line_naming_variable_value_and_rule(monkeypatch, name, value, needle):
@@ -54,6 +56,12 @@ def test_bad_value_is_one_line_naming_variable_value_and_rule(monkeypatch, name,
 def test_dte_window_must_be_ordered(monkeypatch):
     monkeypatch.setenv("MIN_DTE", "12")
     with pytest.raises(ConfigError, match="MIN_DTE"):
+        load_settings(env_file=None)
+
+
+def test_the_reprice_step_must_not_exceed_the_order_timeout(monkeypatch):
+    monkeypatch.setenv("ORDER_REPRICE_SEC", "200")
+    with pytest.raises(ConfigError, match="ORDER_REPRICE_SEC .* must not exceed ORDER_TIMEOUT_SEC"):
         load_settings(env_file=None)
 
 

@@ -67,7 +67,8 @@ class Session:
 
 @pytest.fixture
 def session(tmp_path):
-    s = Session(tmp_path, "--interval", "2")
+    # Orders reach the bid in two reprices of 3 s (the sell starts at the mid): seconds, not minutes.
+    s = Session(tmp_path, "--interval", "2", ORDER_REPRICE_SEC="3", ORDER_TIMEOUT_SEC="14")
     yield s
     if s.p.poll() is None:
         s.p.kill()

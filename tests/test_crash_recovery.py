@@ -42,7 +42,9 @@ def test_sigkill_after_send_then_restart_sends_nothing_twice(tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DATABASE_PATH": str(tmp_path / "chatops.db"), "PAPER_EXCHANGE_URL": url,
-           "APPROVAL_MODE": "auto", "CONSOLE_ENABLED": "false", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+           "APPROVAL_MODE": "auto", "CONSOLE_ENABLED": "false", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+           # The sell starts at the mid and reaches the bid in two reprices: seconds here, not minutes.
+           "ORDER_REPRICE_SEC": "3", "ORDER_TIMEOUT_SEC": "14", "WEB_PORT": "0"}
     paper = subprocess.Popen([sys.executable, "-m", "chatops", "paper-exchange", "--port", str(port),
                               "--state", str(tmp_path / "paper.json")],
                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -66,7 +68,8 @@ def test_sigkill_after_send_then_restart_sends_nothing_twice(tmp_path):
                                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90,
                                 stdin=subprocess.DEVNULL)
         assert second.returncode == 0, second.stderr[-2000:]
-        assert "reconciled proposal #1: executed" in second.stderr
+        assert "reconciled proposal #1: working" in second.stderr  # found by label, then followed
+        assert "proposal #1 executed" in second.stderr
 
         con = sqlite3.connect(tmp_path / "chatops.db")
         assert con.execute("SELECT status FROM proposals WHERE id=1").fetchone()[0] == "executed"

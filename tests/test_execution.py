@@ -156,3 +156,13 @@ def test_chatops_tick_prints_a_sensible_proposal(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "[PAPER] tick at" in out and "Proposed (rule): OPEN_COVERED_CALL" in out and "Risk: allowed" in out
     assert (tmp_path / "data" / "paper_exchange_BTC.json").exists()
+
+
+async def test_a_bare_502_before_processing_is_unknown_not_submitted(env):
+    paper, client = env
+    _, c = await a_candidate(client, paper)
+    paper.faults.http_status_next("private/sell", 502)
+    r = await execute_action(client, open_action(c), "t-502", S)
+    # No code, no order found by label: not "submitted" (which read as sent), not a guess either.
+    assert r.status == ExecutionStatus.UNKNOWN and r.orders[0].order_id is None
+    assert await client.get_order_state_by_label("BTC", "t-502") == []

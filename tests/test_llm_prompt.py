@@ -11,7 +11,7 @@ from agent.models import PositionHistory
 from agent.policy import close_cost, fee
 from tests.fakes.openai_server import fake_openai_server, json_reply
 from tests.llm_helpers import NOW, OPEN_STATE, answer, cand, cands, cfg, mkstate, pos
-from tests.spine_helpers import make_bot
+from tests.spine_helpers import make_bot, settle_orders
 
 
 def user_text(state, **kw) -> str:
@@ -83,7 +83,7 @@ async def test_the_last_fills_come_from_the_exchange_reported_execution(tmp_path
             _, d = await b.tick()
             (p,) = b.store.pending_proposals()
             assert (await b.core.approve(p.id, "alice", "console")).ok
-            await b.core.drain()
+            await settle_orders(b)  # the sell starts at the mid and steps toward the bid
             assert b.store.get_proposal(p.id).status == "executed"
             b.exchange.clock.advance(300)
             await b.tick()

@@ -13,7 +13,7 @@ from chatops.adapters.telegram import TelegramChannel
 from chatops.approvals import ApprovalService
 from chatops.render import plain
 from chatops.store import Store
-from tests.spine_helpers import make_bot
+from tests.spine_helpers import make_bot, settle_orders
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ async def test_status_right_after_a_fill_shows_the_account_read_after_it(bot_out
     before = (await bot.core.status("alice", "console")).text
     assert "position" not in before
     await bot.core.approve(p.id, "alice", "console")
-    await bot.core.drain()
+    await settle_orders(bot)  # the sell starts at the mid and steps to the bid on the simulated clock
     after = (await bot.core.status("alice", "console")).text
     assert "after the last execution:" in after and f"position {p.symbol} size -0.1" in after
 

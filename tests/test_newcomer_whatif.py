@@ -8,7 +8,7 @@ import pytest
 from agent.state import build_agent_state
 from agent.whatif import apply_overrides, parse_overrides, uncovered_calls
 from tests import builders as b
-from tests.spine_helpers import make_bot
+from tests.spine_helpers import make_bot, settle_orders
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ async def test_the_hysteresis_is_lifted_and_the_answer_says_so(bot):
     await bot.tick()
     (p,) = bot.store.pending_proposals()
     await bot.core.approve(p.id, "alice", "console")
-    await bot.core.drain()
+    await settle_orders(bot)  # the sell starts at the mid and steps to the bid on the simulated clock
     reply = await bot.core.whatif("spot=+8%", "alice", "console")
     assert "hysteresis)" not in reply.text.split("\n")[2]  # the reasoning is not "last action 0 min ago"
     assert "roll wanted" in reply.text
@@ -55,7 +55,7 @@ async def test_equity_zero_names_the_uncovered_call(bot):
     await bot.tick()
     (p,) = bot.store.pending_proposals()
     await bot.core.approve(p.id, "alice", "console")
-    await bot.core.drain()
+    await settle_orders(bot)  # the sell starts at the mid and steps to the bid on the simulated clock
     reply = await bot.core.whatif("equity=0", "alice", "console")
     assert f"UNCOVERED: short 0.1 {p.symbol}" in reply.text and "0.0000 BTC held against 0.1 sold" in reply.text
     reply = await bot.core.whatif("equity=5", "alice", "console")

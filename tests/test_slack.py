@@ -45,6 +45,7 @@ from chatops.adapters.slack import (
 )
 from chatops.app import Bot
 from chatops.render import Card
+from tests.spine_helpers import until_executed
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlack, StoredMessage, fake_slack_server
 
 CHANNEL_ID = "C123"
@@ -229,7 +230,7 @@ async def test_proposal_blocks_and_approve_executes_and_updates_in_place(tmp_pat
 
         status, _ = await h.press(ALICE, ACTION_APPROVE, pid, card)
         assert status == 200
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         assert len(h.paper_orders(label)) == 1
         # The same message (chat.update by channel + ts, no response_url) now shows the final state, no buttons.
         await h.fake.wait_for(lambda: "Executed" in card.visible and not card.buttons)
@@ -293,7 +294,7 @@ async def test_double_press_executes_once(tmp_path):
                                        h.press(BOB, ACTION_APPROVE, pid, card),
                                        h.press(ALICE, ACTION_APPROVE, pid, card))
         assert [s for s, _ in results] == [200, 200, 200]
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         await h.fake.wait_for(lambda: len(h.fake.ephemerals) == 3)
         await h.bot.core.drain()
         assert len(h.paper_orders(h.store.get_proposal(pid).label)) == 1
@@ -441,7 +442,7 @@ async def test_slow_question_does_not_hold_up_an_approval(tmp_path):
                                    "ts": "1700000600.000100", "channel": CHANNEL_ID})
         assert status == 200 and time.monotonic() - started < 2  # acknowledged at once
         await h.press(ALICE, ACTION_APPROVE, pid, card)
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         assert not any(m.thread_ts == "1700000600.000100" for m in h.fake.posted(CHANNEL_ID))
         release.set()
         await h.fake.wait_for(lambda: any(m.thread_ts == "1700000600.000100" for m in h.fake.posted(CHANNEL_ID)))
@@ -479,7 +480,7 @@ async def test_deleted_card_is_posted_again_on_its_next_edit(tmp_path):
         pid, card = await h.tick_card()
         del h.fake.messages[(card.channel, card.ts)]  # someone deleted the message in Slack
         await h.press(ALICE, ACTION_APPROVE, pid, card)
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         fresh = await h.fake.wait_for(lambda: (m := h.card_message(pid)) and m.ts != card.ts and "Executed" in m.visible
                                       and m)
         assert not fresh.buttons and h.channel.stats["reposts"] >= 1
@@ -528,7 +529,7 @@ async def test_socket_mode_approve_and_command(tmp_path):
         assert h.status(pid) == "pending"
         eid = await h.fake.push_envelope("interactive", block_actions(ALICE, ACTION_APPROVE, pid, card))
         await h.fake.wait_for(lambda: h.fake.acks.get(eid))
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         await h.fake.wait_for(lambda: "Executed" in card.visible and not card.buttons)
         url = h.fake.response_url()
         eid = await h.fake.push_envelope("slash_commands", command_form(BOB, "/cc", "status", CHANNEL_ID, url),

@@ -14,7 +14,7 @@ import pytest
 
 from agent.models import ActionType
 from chatops.adapters.console import ConsoleChannel
-from tests.spine_helpers import make_bot, orders_with_label
+from tests.spine_helpers import make_bot, orders_with_label, settle_orders
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ async def test_approve_executes_once_on_the_paper_exchange(bot):
     (p,) = bot.store.pending_proposals()
     reply = await bot.core.approve(p.id, "alice", "console")
     assert reply.ok and "approved" in reply.text
-    await bot.core.drain()
+    await settle_orders(bot)
     row = bot.store.get_proposal(p.id)
     assert row.status == "executed"
     orders = await orders_with_label(bot, p.label)
@@ -66,7 +66,7 @@ async def test_fifty_concurrent_approvals_give_exactly_one_execution(tmp_path):
         await b.tick()
         (p,) = b.store.pending_proposals()
         replies = await asyncio.gather(*(b.core.approve(p.id, f"u{i}", "console") for i in range(50)))
-        await b.core.drain()
+        await settle_orders(b)
         assert sum(1 for r in replies if r.ok) == 1
         assert len(b.store.executions(p.id)) == 1
         assert len(await orders_with_label(b, p.label)) == 1
@@ -173,6 +173,7 @@ async def test_auto_mode_inside_its_limits_executes_alone(tmp_path):
     await b.start()
     try:
         await b.tick()
+        await settle_orders(b)
         (p,) = b.store.list_proposals()
         assert p.status == "executed"
         assert [(v.user, v.vote) for v in b.store.votes(p.id)] == [("auto", "approve")]
@@ -235,7 +236,8 @@ async def test_approved_from_a_second_process_is_executed_by_the_running_bot(bot
     assert done.returncode == 0, done.stderr
     assert "approved" in done.stdout
     assert bot.store.get_proposal(p.id).status == "approved"
-    await bot.sweep()  # the running bot's sweep picks it up from the database
+    assert await bot.pick_up_votes()  # the running bot notices the other process's commit
+    await settle_orders(bot)
     assert bot.store.get_proposal(p.id).status == "executed"
     assert len(await orders_with_label(bot, p.label)) == 1
 

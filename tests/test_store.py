@@ -167,6 +167,12 @@ def full_store(store, clock):
     store.set_flag("paused", "0", actor="alice", channel="cli")
     store.save_message_ref(p.id, "telegram", 42, 1001)
     store.enqueue_outbox("slack", {"text": "hi"}, "timeout")
+    from agent.orders import Leg, OrderEvent
+
+    leg = Leg(label=p.label, role="single", instrument="BTC-1TEST-100000-C", side="sell", amount=0.1, state="filled",
+              order_id="ord-1", filled=0.1, average_price=0.006)
+    store.save_leg(p.id, 0, leg, [OrderEvent(kind="fill", label=p.label, order_id="ord-1", amount=0.1, filled=0.1,
+                                             text="filled 0.1")])
     return store, p
 
 
@@ -693,7 +699,8 @@ def test_proposal_story(full_store):
     assert story["decision"]["id"] == p.decision_id and story["decision"]["final"]["symbol"] == p.symbol
     assert [(v["user"], v["vote"]) for v in story["votes"]] == [("alice", "approve")]
     assert [e["kind"] for e in story["events"]] == ["proposal_created", "vote", "proposal_approved",
-                                                    "proposal_executing", "execution_recorded", "proposal_executed"]
+                                                    "proposal_executing", "execution_recorded", "proposal_executed",
+                                                    "order_fill"]
     (ex,) = story["executions"]
     assert ex["status"] == "filled" and ex["dry_run"] is False and ex["result"]["message"] == "filled 0.1 at 0.006"
     assert [(o["order_id"], o["label"], o["filled_amount"]) for o in ex["orders"]] == [("ord-1", p.label, 0.1)]

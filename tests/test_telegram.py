@@ -29,6 +29,7 @@ from chatops.adapters.telegram import (
 )
 from chatops.app import Bot
 from chatops.render import Card
+from tests.spine_helpers import until_executed
 from tests.fakes.telegram_server import FakeTelegram, StoredMessage, check_html, fake_telegram_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")  # PTB's own RetryAfter
@@ -120,7 +121,7 @@ async def test_proposal_card_keyboard_and_approve_executes(tmp_path):
 
         answer = await h.press(ALICE, f"a:{pid}", card.message_id)
         assert "approved" in answer["text"] and not answer.get("show_alert")
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         label = h.store.get_proposal(pid).label
         assert len(h.paper_orders(label)) == 1
         # The same message now shows the final state, without buttons.
@@ -173,7 +174,7 @@ async def test_double_press_executes_once(tmp_path):
         answers = [await h.fake.wait_for(lambda q=q: h.fake.answer(q)) for q in qids]
         assert sum(1 for a in answers if not a.get("show_alert")) == 1
         assert all("already" in a["text"] for a in answers if a.get("show_alert"))
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         await h.bot.core.drain()
         assert len(h.store.executions(pid)) == 1
         assert len(h.paper_orders(h.store.get_proposal(pid).label)) == 1
@@ -208,7 +209,7 @@ async def test_buttons_work_after_restart(tmp_path):
         await h.bot.start()
         answer = await h.press(ALICE, f"a:{pid}", card.message_id)
         assert "approved" in answer["text"]
-        await fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         await fake.wait_for(lambda: "Executed" in card.visible and not card.buttons)
         assert len([m for m in fake.sent(CHAT) if m.text.startswith("<b>[PAPER]")]) == 1  # edited, not reposted
 
@@ -335,7 +336,7 @@ async def test_slow_question_does_not_hold_up_an_approval(tmp_path):
         t0 = time.monotonic()
         answer = await h.press(BOB, f"a:{pid}", card.message_id)
         assert "approved" in answer["text"] and time.monotonic() - t0 < 2.0
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         release.set()
         await h.fake.wait_for(lambda: any(m.chat_id == ALICE for m in h.fake.sent()))
 
@@ -414,7 +415,7 @@ async def test_card_deleted_in_chat_is_posted_again(tmp_path):
         pid, card = await h.tick_card()
         del h.fake.messages[(CHAT, card.message_id)]  # someone deleted the card
         await h.press(ALICE, f"a:{pid}", card.message_id)
-        await h.fake.wait_for(lambda: h.status(pid) == "executed")
+        await until_executed(h.bot, pid)
         new = await h.fake.wait_for(lambda: (m := h.card_message(pid)) and m.message_id != card.message_id and
                                     "Executed" in m.visible and m)
         assert not new.buttons

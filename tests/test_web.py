@@ -11,6 +11,7 @@ import sys
 
 import httpx
 
+from tests.spine_helpers import settle_orders
 from tests.web_harness import PASSWORDS, csrf_in, login, session_csrf, web_bot
 
 SECRETS = {"telegram_bot_token": "123456:AAFakeTelegramTokenForTests_abcdefghij",
@@ -89,7 +90,7 @@ async def test_a_viewer_reads_but_cannot_approve(tmp_path):
             assert r.status_code == 403
             r = await c.post("/chat", data={"csrf": csrf, "kind": "why", "text": str(pid)})
             assert r.status_code == 403
-        await web.bot.core.drain()
+        await settle_orders(web.bot)  # working orders fill on the simulated clock
         assert web.store.get_proposal(pid).status == "pending"
         assert web.store.votes(pid) == []
         refused = web.store.list_events(kind="unauthorized_vote", proposal_id=pid)
@@ -107,7 +108,7 @@ async def test_an_approver_approves_and_the_proposal_executes_once(tmp_path):
             assert f'id="approve-{pid}"' in home.text
             r = await c.post(f"/proposals/{pid}/approve", data={"csrf": csrf_in(home.text), "next": f"/proposals/{pid}"})
             assert r.status_code == 303 and r.headers["location"] == f"/proposals/{pid}"
-            await web.bot.core.drain()
+            await settle_orders(web.bot)  # working orders fill on the simulated clock
             row = web.store.get_proposal(pid)
             assert row.status == "executed" and row.decided_by == "alice"
             (vote,) = web.store.votes(pid)
@@ -117,7 +118,7 @@ async def test_an_approver_approves_and_the_proposal_executes_once(tmp_path):
             assert "Executed" in page.text and "filled" in page.text
             again = await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
             assert again.status_code == 409 and "already decided" in again.json()["text"]
-        await web.bot.core.drain()
+        await settle_orders(web.bot)  # working orders fill on the simulated clock
         orders = await web.bot.exchange.client.get_order_state_by_label(web.bot.settings.underlying, label)
         assert len(orders) == 1 and orders[0].order_state == "filled"
 
@@ -184,7 +185,7 @@ async def test_a_vote_from_the_cli_appears_on_the_page(tmp_path):
             # The second approval, from the web, completes the quorum and it executes.
             r = await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
             assert r.status_code == 200 and r.json()["status"] in ("approved", "executing", "executed")
-        await web.bot.core.drain()
+        await settle_orders(web.bot)  # working orders fill on the simulated clock
         assert web.store.get_proposal(pid).status == "executed"
 
 
@@ -197,7 +198,7 @@ async def test_no_secret_in_any_page(tmp_path):
             await login(c, "alice")
             await c.post("/chat", data={"csrf": await session_csrf(c), "kind": "why", "text": str(pid)})
             await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
-            await web.bot.core.drain()
+            await settle_orders(web.bot)  # working orders fill on the simulated clock
             pages = ["/", "/proposals", f"/proposals/{pid}", "/decisions", "/decisions/1", "/pnl", "/audit", "/chat",
                      "/settings", "/fragments/proposals", "/api/v1/overview", "/api/v1/pending", "/api/v1/settings",
                      f"/api/v1/proposals/{pid}", "/api/v1/decisions", "/api/v1/decisions/1", "/api/v1/pnl",

@@ -9,11 +9,13 @@ is skipped with the command that installs it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 
 import pytest
 
+from tests.spine_helpers import until_executed
 from tests.web_harness import PASSWORDS, web_bot
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,11 +52,12 @@ async def test_log_in_see_the_card_update_live_approve_and_see_it_executed(tmp_p
                 await expect(page.locator(f"#status-{pid}")).to_contain_text("1/2 approvals")
 
                 await page.click(f"#approve-{pid}")
+                # The sell starts at the mid: let it step to the bid on the simulated clock meanwhile.
+                driver = asyncio.ensure_future(until_executed(web.bot, pid, timeout=20))
                 await expect(page).to_have_url(web.url + f"/proposals/{pid}")
                 await expect(page.locator(f"#status-{pid}")).to_contain_text("Executed", timeout=20_000)
-                # Only the card refreshes live; the orders box is as of the page's load (the vote is
-                # recorded off the loop, so the execution may finish after the redirect rendered it).
-                await page.reload()
+                await driver
+                await page.reload()  # the orders box is drawn with the page (the status is the live part)
                 await expect(page.locator("#orders")).to_contain_text("filled")
                 shot = tmp_path / "2-executed.png"
                 await page.screenshot(path=str(shot), full_page=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from tests.spine_helpers import settle_orders
 from tests.web_harness import login, session_csrf, web_bot
 
 
@@ -38,7 +39,7 @@ async def test_pnl_page_shows_the_fills_the_exchange_reported(tmp_path):
         async with web.client() as c:
             await login(c, "alice")
             await c.post(f"/api/v1/proposals/{pid}/approve", headers={"X-CSRF-Token": await session_csrf(c)})
-            await web.bot.core.drain()
+            await settle_orders(web.bot)  # the sell starts at the mid and steps toward the bid
             web.bot.exchange.clock.advance(600)
             await web.bot.tick()
             (order,) = web.store.executions(pid)[0]["orders"]

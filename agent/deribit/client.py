@@ -420,6 +420,15 @@ class DeribitClient:
     async def cancel(self, order_id: str) -> Order:
         return _parse(Order, await self.call("private/cancel", {"order_id": order_id}))
 
+    async def edit(self, order_id: str, amount: float, price: float) -> OrderResult:
+        """Move an open order to a new price (same order id and label)."""
+        return _parse(OrderResult, await self.call("private/edit", {"order_id": order_id, "amount": amount,
+                                                                    "price": price}))
+
+    async def cancel_by_label(self, label: str, currency: str | None = None) -> int:
+        """Cancel every open order carrying `label`; how many were cancelled."""
+        return int(await self.call("private/cancel_by_label", {"label": label, "currency": currency}) or 0)
+
     async def get_user_trades_by_instrument(self, instrument_name: str, count: int = 10, sorting: str = "desc") -> UserTrades:
         result = await self.call("private/get_user_trades_by_instrument",
                                  {"instrument_name": instrument_name, "count": count, "sorting": sorting})

@@ -15,6 +15,7 @@ CODES: dict[int, str] = {
     10040: "retry",
     10041: "settlement_in_progress",
     10043: "price_wrong_tick",
+    11044: "not_open_order",
     11050: "bad_request",
     11054: "post_only_reject",
     13004: "invalid_credentials",

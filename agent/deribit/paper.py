@@ -100,6 +100,7 @@ class PaperExchange(AccountMixin, OrdersMixin):
         self.trades: dict[str, list[dict[str, Any]]] = {}
         self.settlements: dict[str, list[dict[str, Any]]] = {}
         self._open: dict[str, OrderRec] = {}
+        self._depth: dict[str, float] = {}  # instrument -> contracts left at the touch (limit_depth)
         self._order_seq = 0
         self._trade_seq = 0
         self._instrument_trade_seq: dict[str, int] = {}
@@ -309,8 +310,11 @@ class PaperExchange(AccountMixin, OrdersMixin):
             if amount <= 0:
                 self._close_order(order, "cancelled", t, "reduce_only")
                 continue
+            amount = self._take_depth(order.instrument_name, amount)
+            if amount <= 0:
+                continue
             self._fill(order, order.price, amount, "M", t, spec, q)
-            if order.order_state == "open" and order.reduce_only:
+            if order.order_state == "open" and order.reduce_only and self._reducible(order, order.remaining) <= 0:
                 self._close_order(order, "cancelled", t, "reduce_only")
 
     def _settle(self, market: Market, e: Expiry) -> None:

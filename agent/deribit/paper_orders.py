@@ -94,11 +94,66 @@ class OrdersMixin:
         self._open[order.order_id] = order
         self._dirty = True
         trades: list[dict[str, Any]] = []
-        if crosses:
-            # Unlimited depth at the touch: a crossing order fills in full at the best price.
-            trades.append(self._fill(order, q.bid if direction == "sell" else q.ask, amount, "T", now, spec, q))  # type: ignore[arg-type]
-        elif tif in ("immediate_or_cancel", "fill_or_kill"):
+        take = self._take_depth(name, amount) if crosses else 0.0
+        if take > 0:
+            # The touch has unlimited depth unless a test limited it (limit_depth): then the order
+            # fills what the touch holds and the rest rests at its limit, as on Deribit.
+            trades.append(self._fill(order, q.bid if direction == "sell" else q.ask, take, "T", now, spec, q))  # type: ignore[arg-type]
+        if order.order_state == "open" and tif in ("immediate_or_cancel", "fill_or_kill"):
             self._close_order(order, "cancelled", now, "immediate_or_cancel" if tif == "immediate_or_cancel" else "fill_or_kill")
+        return {"order": order.to_wire(), "trades": trades}
+
+    def limit_depth(self, instrument_name: str, amount: float | None) -> None:
+        """Test hook: from now on the touch of `instrument_name` holds only `amount` contracts in
+        all (fills use it up), so an order fills partly and rests; None lifts the limit."""
+        if amount is None:
+            self._depth.pop(instrument_name, None)
+        else:
+            self._depth[instrument_name] = float(amount)
+
+    def _take_depth(self, name: str, want: float) -> float:
+        left = self._depth.get(name)
+        if left is None:
+            return want
+        got = _r(min(want, max(left, 0.0)), 8)
+        self._depth[name] = _r(left - got, 8)
+        return got
+
+    @_rpc("private/edit", order_id=_req(str), amount=_req(float), price=_opt(float), post_only=_opt(bool, False),
+          reduce_only=_opt(bool, False))
+    def _edit(self, p: dict[str, Any], now: int) -> dict[str, Any]:
+        """Change an open order's price (and amount) in place: same order id, same label. A new price
+        that crosses the book fills at once, like a new order."""
+        order = self._order(p["order_id"])
+        if order.order_state != "open":
+            raise RpcError(11044, {"order_id": order.order_id, "order_state": order.order_state},
+                           "not_open_order")
+        price = order.price if p["price"] is None else p["price"]
+        if price <= 0:
+            raise _invalid("price", "must be positive")
+        if not is_on_grid(price, TICK_SIZE, TICK_STEPS):
+            raise RpcError(10043, {"price": price, "tick_size": TICK_SIZE, "tick_size_steps": list(TICK_STEPS)})
+        amount = p["amount"]
+        if amount < order.filled_amount - 1e-12 or amount <= 0:
+            raise RpcError(10021, {"amount": amount, "reason": "must be positive and not below the filled amount"})
+        market, spec, expired = self._find_spec(order.instrument_name)
+        if spec is None or expired:
+            raise RpcError(10020, {"instrument_name": order.instrument_name, "reason": "instrument expired"})
+        q = market.quote(spec, now)
+        crosses = (q.bid is not None and price <= q.bid) if order.direction == "sell" else price >= q.ask
+        if p["post_only"] and crosses:
+            raise RpcError(11054, {"price": price, "best_bid": q.bid, "best_ask": q.ask})
+        order.price, order.amount, order.last_update_timestamp = price, _r(amount, 8), now
+        self._dirty = True
+        trades: list[dict[str, Any]] = []
+        if order.remaining <= 0:
+            order.order_state = "filled"
+            self._open.pop(order.order_id, None)
+        elif crosses:
+            want = self._reducible(order, order.remaining) if order.reduce_only else order.remaining
+            take = self._take_depth(order.instrument_name, want)
+            if take > 0:
+                trades.append(self._fill(order, q.bid if order.direction == "sell" else q.ask, take, "T", now, spec, q))  # type: ignore[arg-type]
         return {"order": order.to_wire(), "trades": trades}
 
     def _check_funds(self, cur: str, spec: OptionSpec, q: Quote, direction: str, amount: float, price: float,

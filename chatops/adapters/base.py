@@ -74,6 +74,7 @@ HELP_TEXT = """Commands:
   reject <id> [reason]   reject a proposal (the reason is optional)
   why [id]               the reasoning, numbers and risk check behind a proposal (default: latest)
   history [n]            the last n decisions (default 10)
+  cancel <id>            cancel proposal <id>'s working order on the exchange
   pause [reason]         kill switch: no new proposals, nothing executes
   resume                 lift the pause
   ask <question>         ask the agent (free text works too)

@@ -47,6 +47,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("history", "The last decisions", "[n] [public]"),
     ("approve", "Approve a proposal", "<id>"),
     ("reject", "Reject a proposal", "<id> [reason]"),
+    ("cancel", "Cancel a proposal's working order on the exchange", "<id>"),
     ("pause", "Kill switch: nothing is proposed or executed", "[reason]"),
     ("resume", "Lift the pause", ""),
     ("ask", "Ask the agent a question", "<question> [public]"),

@@ -41,6 +41,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("history", "The last decisions: /history [n]"),
     ("approve", "Approve a proposal: /approve <id>"),
     ("reject", "Reject a proposal: /reject <id> [reason]"),
+    ("cancel", "Cancel a proposal's working order: /cancel <id>"),
     ("pause", "Kill switch: nothing is proposed or executed"),
     ("resume", "Lift the pause"),
     ("ask", "Ask the agent: /ask <question>"),

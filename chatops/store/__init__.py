@@ -45,6 +45,7 @@ from .decisions import DecisionsMixin
 from .events import EventsMixin
 from .flags import FlagsMixin
 from .messages import MessagesMixin
+from .orders import ClaimResult, OrdersMixin
 from .proposals import ProposalsMixin
 from .questions import QuestionsMixin
 from .review import ReviewMixin
@@ -52,13 +53,13 @@ from .schema import DECISION_COLUMNS, MIGRATIONS, SCHEMA_VERSION, connect, migra
 
 
 class Store(EventsMixin, DecisionsMixin, ProposalsMixin, FlagsMixin, QuestionsMixin, MessagesMixin, ReviewMixin,
-            ChainMixin, StoreBase):
+            OrdersMixin, ChainMixin, StoreBase):
     """The agent's SQLite file. Safe for one process's threads and asyncio loop plus other
     processes on the same file; see the package docstring for how."""
 
 
 __all__ = [
-    "APPEND_ONLY_TABLES", "Anchor", "AuditReport", "CHAINED_TABLES", "Head", "chained", "parse_head", "read_anchors", "ChainReport", "DECISION_COLUMNS", "FINAL_STATUSES", "GENESIS_HASH", "LABEL_PREFIX",
+    "APPEND_ONLY_TABLES", "Anchor", "AuditReport", "CHAINED_TABLES", "ClaimResult", "Head", "chained", "parse_head", "read_anchors", "ChainReport", "DECISION_COLUMNS", "FINAL_STATUSES", "GENESIS_HASH", "LABEL_PREFIX",
     "MIGRATIONS", "MessageRef", "OutboxItem", "ProposalRow", "REDACTED", "SCHEMA_VERSION", "STATUSES", "Store",
     "StoreBusyError", "TABLES", "TRANSITIONS", "VoteOutcome", "VoteRow", "assert_no_secrets", "canonical",
     "connect", "dumps", "is_secret_key", "iso", "label_for", "migrate", "parse_ref", "parse_ts", "schema_version",

@@ -31,9 +31,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "executing": frozenset({"executed", "failed"}),
 }
 
-APPEND_ONLY_TABLES = ("events", "votes", "decisions", "executions", "orders", "questions", "answers",
-                      "llm_calls", "settings_changes", "config_snapshots")
-TABLES = APPEND_ONLY_TABLES + ("proposals", "flags", "messages", "outbox")
+# The first migration's append-only tables; later ones add theirs (order_events: store/orders.py).
+V1_APPEND_ONLY_TABLES = ("events", "votes", "decisions", "executions", "orders", "questions", "answers",
+                         "llm_calls", "settings_changes", "config_snapshots")
+APPEND_ONLY_TABLES = V1_APPEND_ONLY_TABLES + ("order_events",)
+TABLES = APPEND_ONLY_TABLES + ("proposals", "flags", "messages", "outbox", "order_legs")
 
 LABEL_PREFIX = "cc-"
 GENESIS_HASH = "0" * 64
@@ -344,5 +346,5 @@ LLM_MODES = ("drive", "shadow", "ask")
 _TS_COLUMN = {"decisions": "ts", "proposals": "created_at", "votes": "ts", "events": "ts", "executions": "ts",
               "orders": "ts", "questions": "ts", "answers": "ts", "llm_calls": "ts", "settings_changes": "ts",
               "config_snapshots": "first_seen", "flags": "updated_at", "messages": "created_at",
-              "outbox": "created_at"}
+              "outbox": "created_at", "order_events": "ts", "order_legs": "updated_at"}
 

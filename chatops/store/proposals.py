@@ -242,19 +242,11 @@ class ProposalsMixin:
                             reason: str | None = None) -> tuple[bool, str | None]:
         """Claim approved -> executing in one transaction, after recounting the approving persons:
         (True, None) claimed; (False, why) when it was not approved any more or its votes fall short
-        (then it is moved to blocked, with the recount as the reason)."""
-        with self.write() as conn:
-            row = conn.execute("SELECT status FROM proposals WHERE id = ?", [proposal_id]).fetchone()
-            if row is None or row[0] != "approved":
-                return False, f"not approved ({row[0] if row else 'unknown'})"
-            short = self.quorum_shortfall(conn, proposal_id)
-            if short is not None:
-                self._cas(conn, proposal_id, ("approved",), "blocked", actor=actor, channel=channel,
-                          reason=f"refused at the claim: {short}")
-                return False, f"refused at the claim: {short}"
-            if not self._cas(conn, proposal_id, ("approved",), "executing", actor=actor, channel=channel, reason=reason):
-                return False, "another executor claimed it"
-            return True, None
+        (then it is moved to blocked, with the recount as the reason). The executor uses
+        `claim` (store/orders.py): the same recount, plus expiry, pause and the planned legs."""
+        out = self.claim(proposal_id, [], now=self._now(), reason=reason or "claimed", actor=actor,  # type: ignore[attr-defined]
+                         channel=channel)
+        return out.ok, None if out.ok else out.reason
 
     # --- executions -----------------------------------------------------------------------
 
@@ -274,7 +266,8 @@ class ProposalsMixin:
                     "instrument": r.instrument_name, "side": r.side, "amount": r.amount, "price": r.price,
                     "label": r.label, "order_type": r.order_type, "reduce_only": int(r.reduce_only),
                     "order_state": o.order_state, "filled_amount": o.filled_amount, "average_price": o.average_price,
-                    "error_code": o.error_code, "error_message": o.error_message, "reused": int(o.reused)})
+                    "error_code": o.error_code, "error_message": o.error_message, "reused": int(o.reused),
+                    "fee": o.fee})
             self.append_event("execution_recorded", proposal_id=proposal_id, actor=actor, channel=channel,
                               reason=result.message[:500] or None,
                               data={"execution_id": eid, "status": result.status.value, "dry_run": result.dry_run,

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 
-from .common import (APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, STATUSES, TRANSITIONS, StoreBusyError, iso,
+from .common import (V1_APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, STATUSES, TRANSITIONS, StoreBusyError, iso,
                      utc_now)
 
 
@@ -212,7 +212,7 @@ _V1_CORE = [
                COALESCE(d.final_json, d.proposed_json) AS final_json, d.execution_json, d.shadow_json,
                d.timings_json, c.config_json
         FROM decisions d LEFT JOIN config_snapshots c ON c.id = d.config_id""",
-] + [t for table in APPEND_ONLY_TABLES for t in _append_only_triggers(table)]
+] + [t for table in V1_APPEND_ONLY_TABLES for t in _append_only_triggers(table)]
 
 _V2_REVIEW_INDEXES = [
     "CREATE INDEX idx_decisions_ts ON decisions(ts)",
@@ -336,12 +336,15 @@ def _m004_authority(db: Database) -> None:
             chain_backfill(db.conn, table)
 
 
+from .orders import _m005_order_tracking  # noqa: E402  (its DDL lives with its records)
+
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
     ("review_indexes", _m002_review_indexes),
     ("llm_token_details", _m003_llm_token_details),
     ("authority", _m004_authority),
+    ("order_tracking", _m005_order_tracking),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
