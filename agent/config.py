@@ -49,13 +49,17 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
-# Defaults by underlying: Deribit's option minimum is 0.1 BTC and 1 ETH, so the order size (and the
-# per-expiry and delta limits sized from it) follow the underlying unless set.
-UNDERLYING_DEFAULTS: dict[str, dict[str, float]] = {
-    "BTC": {"default_order_size": 0.1, "max_expiry_exposure": 0.5, "max_net_delta_abs": 1.0},
+COINS = ("BTC", "ETH")
+# Deribit's minimum option trade per coin (and the size step): an order size must be a multiple.
+MIN_TRADE = {"BTC": 0.1, "ETH": 1.0}
+# Settings a coin may override with NAME_<COIN> (DEFAULT_ORDER_SIZE_ETH=2): `Settings.for_underlying`.
+PER_COIN = ("default_order_size", "max_expiry_exposure", "max_net_delta_abs", "auto_approve_max_size",
+            "min_premium", "min_open_interest")
+# A coin's own default where the plain default does not fit it (ETH trades in whole coins). Used
+# when neither NAME_<COIN> nor the plain NAME is set.
+COIN_DEFAULTS: dict[str, dict[str, float]] = {
     "ETH": {"default_order_size": 1.0, "max_expiry_exposure": 5.0, "max_net_delta_abs": 10.0},
 }
-DEFAULT_ORDER_SIZE = {u: d["default_order_size"] for u, d in UNDERLYING_DEFAULTS.items()}
 
 
 class ConfigError(Exception):
@@ -73,14 +77,17 @@ class Settings(BaseSettings):
     deribit_base_url: str = "https://test.deribit.com"
     deribit_client_id: SecretStr | None = None
     deribit_client_secret: SecretStr | None = None
+    # UNDERLYING=BTC or ETH or a comma list (BTC,ETH): one bot, one tick per coin. `underlying` is
+    # the first (or, in a view from for_underlying, that coin); `underlyings` all of them.
     underlying: Literal["BTC", "ETH"] = "BTC"
+    underlyings: tuple[Literal["BTC", "ETH"], ...] = ("BTC",)
     dry_run: bool | None = None  # None: true for deribit, false for paper
     allow_mainnet: bool = False  # production (www.deribit.com) only with this
 
     # Paper exchange (EXCHANGE=paper). With PAPER_EXCHANGE_URL set, the bot talks to a paper
     # exchange served by `chatops paper-exchange`; otherwise it runs one in process.
     paper_exchange_url: str | None = None
-    paper_state_path: str | None = None  # default data/paper_exchange_<UNDERLYING>.json
+    paper_state_path: str | None = None  # default data/paper_exchange.json (both coins, one state)
     paper_seed: int = Field(7, ge=0, le=2**31 - 1)
     paper_equity: float = Field(1.0, ge=0, le=1_000_000)
     paper_speed: float | None = Field(None, gt=0, le=100_000)  # simulated clock speed factor; None = wall time
@@ -135,6 +142,19 @@ class Settings(BaseSettings):
     max_expiry_exposure: float = Field(0.5, ge=0, le=100_000)
     max_state_age_sec: float = Field(30.0, gt=0, le=3600)
     max_slippage_pct: float = Field(10.0, ge=0, le=100)  # BTC option spreads are wide: 1 tick of 0.0005 is ~4 % of a 0.012 premium
+    # Per coin (PER_COIN): NAME_BTC / NAME_ETH override NAME for that coin; None: NAME (or COIN_DEFAULTS)
+    default_order_size_btc: float | None = Field(None, gt=0)
+    default_order_size_eth: float | None = Field(None, gt=0)
+    max_expiry_exposure_btc: float | None = Field(None, ge=0)
+    max_expiry_exposure_eth: float | None = Field(None, ge=0)
+    max_net_delta_abs_btc: float | None = Field(None, ge=0)
+    max_net_delta_abs_eth: float | None = Field(None, ge=0)
+    auto_approve_max_size_btc: float | None = Field(None, gt=0)
+    auto_approve_max_size_eth: float | None = Field(None, gt=0)
+    min_premium_btc: float | None = Field(None, ge=0)
+    min_premium_eth: float | None = Field(None, ge=0)
+    min_open_interest_btc: float | None = Field(None, ge=0)
+    min_open_interest_eth: float | None = Field(None, ge=0)
 
     # Working orders (agent/orders.py): start at the mid, step toward the touch every
     # ORDER_REPRICE_SEC, cancel what still rests after ORDER_TIMEOUT_SEC. A send whose answer was
@@ -151,6 +171,10 @@ class Settings(BaseSettings):
     max_price_drift_pct: float = Field(10.0, ge=0, le=100)
     auto_approve_max_size: float | None = Field(None, gt=0, le=10_000)  # None: DEFAULT_ORDER_SIZE
     database_path: str = "data/chatops.db"
+    # sqlite:///path or postgresql://user:pass@host:port/db; unset: SQLite at DATABASE_PATH. A secret
+    # (it may hold a password): shown as '***' everywhere.
+    database_url: SecretStr | None = None
+    leader_lease_sec: float = Field(10.0, ge=1, le=300)  # one bot leads; a standby takes over within 2x this
 
     # Who may decide, and tamper evidence (chatops/identity.py, chatops/store/chain.py)
     people_file: str | None = None  # TOML: persons, their identity per channel, their role
@@ -205,6 +229,17 @@ class Settings(BaseSettings):
                 raise ValueError("Telegram user ids are numbers, comma-separated")
         return v
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: SecretStr | None) -> SecretStr | None:
+        url = v.get_secret_value().strip() if v is not None else ""
+        if not url:
+            return None
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if not (scheme in ("sqlite", "postgresql", "postgres", "postgresql+psycopg") and url.split("://", 1)[1]):
+            raise ValueError("must be sqlite:///path/to/file.db or postgresql://user:password@host:5432/dbname")
+        return SecretStr(url)
+
     @field_validator("underlying", "log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
@@ -217,6 +252,28 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
+    def _split_underlyings(cls, data: Any) -> Any:
+        """UNDERLYING=BTC,ETH -> underlying BTC (the first), underlyings (BTC, ETH)."""
+        if not isinstance(data, dict):
+            return data
+        key = next((k for k in data if str(k).lower() == "underlying"), None)
+        raw = data.get(key, "BTC") if key is not None else "BTC"
+        # `underlyings` comes from UNDERLYING only (an UNDERLYINGS variable is ignored).
+        out = {k: v for k, v in data.items() if k != key and str(k).lower() != "underlyings"}
+        if not isinstance(raw, str):
+            return {**out, "underlying": raw}
+        parts = [p.strip().upper() for p in raw.split(",") if p.strip()]
+        bad = [p for p in parts if p not in COINS]
+        if bad or not parts:  # the field's own check names the bad value
+            out["underlying"] = bad[0] if bad else raw
+            return out
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"UNDERLYING={raw!r} names a coin twice")
+        out["underlying"], out["underlyings"] = parts[0], tuple(parts)
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
     def _apply_profile(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
@@ -225,9 +282,6 @@ class Settings(BaseSettings):
         if profile not in PROFILES:
             return data  # the field validator reports it
         out = dict(data)
-        for key, value in UNDERLYING_DEFAULTS.get(str(lowered.get("underlying") or "BTC").upper(), {}).items():
-            if lowered.get(key) in (None, ""):  # the default follows the underlying
-                out[key] = value
         for key, value in PROFILES[profile].items():
             if lowered.get(key) in (None, ""):
                 out[key] = value
@@ -249,7 +303,36 @@ class Settings(BaseSettings):
         if self.exchange == "deribit" and self.is_mainnet_url and not self.allow_mainnet:
             raise ValueError(f"DERIBIT_BASE_URL={self.deribit_base_url} is Deribit production (real money): set "
                              "ALLOW_MAINNET=true to trade there, or use https://test.deribit.com (docs/deribit.md)")
+        if self.underlying not in self.underlyings:  # Settings(underlying="ETH") given directly
+            object.__setattr__(self, "underlyings", (self.underlying,))
         return self
+
+    def check_min_trade(self) -> None:
+        """At start-up (the bot, `chatops tick`): a coin whose order size is below its minimum trade
+        could never sell a call; raise ConfigError naming the variable. (The policy alone would
+        only say so on every tick; above the minimum it rounds down to a multiple.)"""
+        for coin in self.underlyings:
+            size = self.for_underlying(coin).default_order_size
+            step = MIN_TRADE[coin]
+            if size < step - 1e-12:
+                name = f"DEFAULT_ORDER_SIZE_{coin}" if getattr(self, f"default_order_size_{coin.lower()}") else "DEFAULT_ORDER_SIZE"
+                raise ConfigError(f"config error: {name}={size:g} is below the {coin} minimum trade of {step:g} {coin}: "
+                                  f"no {coin} call could be sold (set DEFAULT_ORDER_SIZE_{coin})")
+
+    def for_underlying(self, coin: str) -> "Settings":
+        """These settings as one coin sees them: `underlying` is that coin and each PER_COIN value
+        is NAME_<COIN> if set, else NAME if set, else the coin's default (COIN_DEFAULTS), else NAME's."""
+        coin = coin.upper()
+        if coin not in self.underlyings:
+            raise ValueError(f"{coin} is not traded here (UNDERLYING={','.join(self.underlyings)})")
+        update: dict[str, Any] = {"underlying": coin}
+        for name in PER_COIN:
+            own = getattr(self, f"{name}_{coin.lower()}")
+            if own is not None:
+                update[name] = own
+            elif name not in self.model_fields_set and name in COIN_DEFAULTS.get(coin, {}):
+                update[name] = COIN_DEFAULTS[coin][name]
+        return self.model_copy(update=update)
 
     # Derived values -----------------------------------------------------------------------
 
@@ -267,7 +350,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_paper_state_path(self) -> str:
-        return self.paper_state_path or str(Path("data") / f"paper_exchange_{self.underlying}.json")
+        return self.paper_state_path or str(Path("data") / "paper_exchange.json")
 
     @property
     def effective_audit_anchor_file(self) -> str:
@@ -302,6 +385,11 @@ class Settings(BaseSettings):
     @property
     def index_name(self) -> str:
         return f"{self.underlying.lower()}_usd"
+
+    @property
+    def database_target(self) -> str:
+        """What the store opens: DATABASE_URL if set, else the SQLite file at DATABASE_PATH."""
+        return self.secret("database_url") or self.database_path
 
     def secret(self, name: str) -> str | None:
         """The plain value of a secret field, for the one place that must send it."""

@@ -99,7 +99,7 @@ def _decide_open(state: AgentState, settings: Settings) -> Action:
             state,
             f"No short call open; none of {len(state.candidates)} candidates qualifies: "
             f"{rejected['otm']} under {settings.min_otm_pct:g}% OTM, {rejected['premium']} under "
-            f"{settings.min_premium:g} BTC premium, {rejected['yield']} under {settings.min_annual_yield_pct:g}% annualized.",
+            f"{settings.min_premium:g} {state.underlying} premium, {rejected['yield']} under {settings.min_annual_yield_pct:g}% annualized.",
         )
     best = max(eligible, key=lambda c: c.score)
     size = order_size(settings, best.min_trade_amount)

@@ -1,10 +1,13 @@
-"""Benchmark of the SQLite store on a long history: size per decision row and review latencies.
+"""Benchmark of the store on a long history, on SQLite and PostgreSQL side by side: size per
+decision row, review latencies, writes per second.
 
-    python bench/store.py                 # 1,000,000 decisions (about ten years of 5-minute ticks)
-    python bench/store.py --n 200000      # smaller
-    python bench/store.py --db /tmp/x.db  # keep the file (default: a temp dir, removed afterwards)
+    python bench/store.py                 # SQLite 1,000,000 decisions (ten years of 5-minute ticks),
+                                          # PostgreSQL 100,000 (a throwaway cluster: Debian's postgresql)
+    python bench/store.py --n 200000 --pg-n 200000      # other sizes
+    python bench/store.py --engines sqlite --db /tmp/x.db  # one engine; keep the SQLite file
+    python bench/store.py --engines postgresql --url postgresql://user:pass@host/emptydb
 
-Set-up is bulk (executemany in large BEGIN IMMEDIATE transactions) but every row is built by
+Set-up is bulk (executemany in large BEGIN IMMEDIATE transactions; COPY on PostgreSQL) but every row is built by
 `serialize_decision`, the serialization `Store.record_decision` uses, from realistic decisions
 (2 short calls, 8 of ~11 candidates, rule reasoning, the real config snapshot). Proposals (1 per
 100 ticks), their votes, events (a valid hash chain), executions, orders, questions and message
@@ -15,6 +18,7 @@ Progress goes to stderr, figures to stdout.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import shutil
@@ -32,7 +36,6 @@ from agent.models import (AccountState, Action, ActionType, AgentState, Candidat
                           ExecutionResult, ExecutionStatus, OptionPosition, OrderOutcome, OrderRequest, RiskResult)
 from agent.tick import compress_state, config_snapshot  # noqa: E402
 from chatops import store as store_mod  # noqa: E402
-from chatops.store.schema import _V4_AUTHORITY  # noqa: E402
 from chatops.store import common as store_common  # noqa: E402
 from chatops.store import DECISION_COLUMNS, GENESIS_HASH, Store, iso, label_for, serialize_decision  # noqa: E402
 
@@ -143,23 +146,59 @@ def make_decision(rng: random.Random, ts: datetime, config: dict, *, act: bool) 
 # --- bulk set-up --------------------------------------------------------------------------------
 
 
-def build(path: Path, n: int, rng: random.Random) -> dict:
+class Bulk:
+    """Bulk rows for the set-up: executemany in one BEGIN IMMEDIATE (SQLite) or COPY (PostgreSQL)."""
+
+    def __init__(self, target: str) -> None:
+        self.db = store_mod.connect(target)
+        self.raw = self.db.conn.connection.dbapi_connection  # the driver's own connection
+        if not self.db.is_pg:
+            self.raw.execute("PRAGMA synchronous = OFF")  # set-up only; the measured writes use the Store
+
+    def rows(self, table: str, cols: list[str], rows) -> None:
+        quoted = ", ".join(f'"{c}"' for c in cols)
+        if self.db.is_pg:
+            with self.raw.cursor() as cur, cur.copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(r)
+            self.raw.commit()
+            return
+        self.raw.execute("BEGIN IMMEDIATE")
+        self.raw.executemany(f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' for _ in cols)})", rows)
+        self.raw.execute("COMMIT")
+
+    def finish(self, explicit_ids: list[str]) -> None:
+        if self.db.is_pg:
+            with self.raw.cursor() as cur:
+                for t in explicit_ids:  # identity columns filled by hand: move their sequences on
+                    cur.execute(f"SELECT setval(pg_get_serial_sequence('{t}', 'id'), COALESCE(MAX(id), 0) + 1, false) "
+                                f"FROM {t}")
+            self.raw.commit()
+            self.raw.autocommit = True
+            self.raw.execute("VACUUM ANALYZE")
+        else:
+            self.raw.execute("ANALYZE")
+            self.raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+
+
+def build(target: str, n: int, rng: random.Random) -> dict:
     config = config_snapshot(load_settings(env_file=None))
     log(f"building {TEMPLATES} decision templates through serialize_decision")
     idle = [serialize_decision(make_decision(rng, START, config, act=False)) for _ in range(TEMPLATES)]
     acting = [serialize_decision(make_decision(rng, START, config, act=True)) for _ in range(TEMPLATES // 4)]
     actions = [make_decision(rng, START, config, act=True).proposed_action for _ in range(50)]
 
-    s = Store(path)  # schema via the migrations
-    with s.write() as conn:
-        config_id = s._config_id(conn, idle[0]["config_json"])
-    s.close()
-
-    conn = store_mod.connect(path)
-    conn.conn.execute("PRAGMA synchronous = OFF")  # set-up only; the measured writes use the Store
-    c = conn.conn
+    # The history is built at schema v2 (before per-person votes and the audit chain over every
+    # table); opening the Store afterwards applies the later migrations to it as to any old database:
+    # votes get their persons, every audit row joins the chain.
+    bulk = Bulk(target)
+    store_mod.migrate(bulk.db, store_mod.MIGRATIONS[:2])
+    cfg = idle[0]["config_json"]
+    with bulk.db.transaction():
+        config_id = bulk.db.insert("config_snapshots", {"hash": hashlib.sha256(cfg.encode()).hexdigest(),
+                                                         "config_json": cfg, "first_seen": iso(START)})
     cols = [col for col in DECISION_COLUMNS]
-    insert_decision = f"INSERT INTO decisions (id, {', '.join(cols)}) VALUES (?, {', '.join('?' for _ in cols)})"
 
     def rows(lo: int, hi: int):
         for i in range(lo, hi):
@@ -170,9 +209,7 @@ def build(path: Path, n: int, rng: random.Random) -> dict:
     t0 = time.perf_counter()
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
-        c.execute("BEGIN IMMEDIATE")
-        c.executemany(insert_decision, rows(lo, hi))
-        c.execute("COMMIT")
+        bulk.rows("decisions", ["id", *cols], rows(lo, hi))
         rate = hi / (time.perf_counter() - t0)
         log(f"decisions {hi:,}/{n:,} ({rate:,.0f} rows/s)")
 
@@ -237,36 +274,26 @@ def build(path: Path, n: int, rng: random.Random) -> dict:
             questions.append((len(questions) + 1, decided, "bob", "slack", "why", "why this strike?", pid, did))
             answers.append((len(questions), decided, "Delta 0.25 at 7 DTE, best yield of the candidates.", "db"))
 
-    c.execute("BEGIN IMMEDIATE")
-    # A finished history loaded in bulk: the triggers that want proposals born pending and votes
-    # cast on pending ones are lifted for the load (as a migration would) and put back after it.
-    lifted = [t for t in _V4_AUTHORITY if "proposals_born_pending" in t or "votes_only_pending" in t]
-    c.execute("DROP TRIGGER proposals_born_pending")
-    c.execute("DROP TRIGGER votes_only_pending")
-    c.executemany("INSERT INTO proposals (id, decision_id, created_at, expires_at, underlying, action, symbol, roll_from, "
-                  "size, approvals_required, label, status, status_reason, decided_by, decided_at, updated_at, "
-                  "action_json) VALUES (" + ", ".join("?" * 17) + ")", props)
-    c.executemany("INSERT INTO votes (proposal_id, user, channel, vote, reason, ts, person) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  votes)
-    for t in lifted:
-        c.execute(t)
-    c.executemany("INSERT INTO events (id, ts, kind, proposal_id, decision_id, actor, channel, reason, data_json, "
-                  "prev_hash, hash) VALUES (" + ", ".join("?" * 11) + ")", events)
-    c.executemany("INSERT INTO executions (id, proposal_id, ts, status, dry_run, message, error_code, result_json) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", execs)
-    c.executemany("INSERT INTO orders (execution_id, proposal_id, ts, order_id, instrument, side, amount, price, label, "
-                  "order_type, reduce_only, order_state, filled_amount, average_price, error_code, error_message, "
-                  "reused) VALUES (" + ", ".join("?" * 17) + ")", orders)
-    c.executemany("INSERT INTO questions (id, ts, user, channel, kind, text, proposal_id, decision_id) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", questions)
-    c.executemany("INSERT INTO answers (question_id, ts, text, source) VALUES (?, ?, ?, ?)", answers)
-    c.executemany("INSERT INTO messages (proposal_id, channel, chat_id, message_id, created_at, updated_at) "
-                  "VALUES (?, ?, ?, ?, ?, ?)", messages)
-    c.execute("COMMIT")
-    log("checkpointing the WAL and analysing")
-    c.execute("ANALYZE")
-    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    bulk.rows("proposals", ["id", "decision_id", "created_at", "expires_at", "underlying", "action", "symbol",
+                            "roll_from", "size", "approvals_required", "label", "status", "status_reason", "decided_by",
+                            "decided_at", "updated_at", "action_json"], props)
+    bulk.rows("votes", ["proposal_id", "user", "channel", "vote", "reason", "ts"], votes)
+    bulk.rows("events", ["id", "ts", "kind", "proposal_id", "decision_id", "actor", "channel", "reason", "data_json",
+                         "prev_hash", "hash"], events)
+    bulk.rows("executions", ["id", "proposal_id", "ts", "status", "dry_run", "message", "error_code", "result_json"],
+              execs)
+    bulk.rows("orders", ["execution_id", "proposal_id", "ts", "order_id", "instrument", "side", "amount", "price",
+                         "label", "order_type", "reduce_only", "order_state", "filled_amount", "average_price",
+                         "error_code", "error_message", "reused"], orders)
+    bulk.rows("questions", ["id", "ts", "user", "channel", "kind", "text", "proposal_id", "decision_id"], questions)
+    bulk.rows("answers", ["question_id", "ts", "text", "source"], answers)
+    bulk.rows("messages", ["proposal_id", "channel", "chat_id", "message_id", "created_at", "updated_at"], messages)
+    log("analysing")
+    bulk.finish(["decisions", "proposals", "events", "executions", "questions", "config_snapshots"])
+    t1 = time.perf_counter()
+    log("opening the Store: migrations 3.. on the v2 history (votes per person, every audit row chained)")
+    Store(target).close()
+    log(f"migrated in {time.perf_counter() - t1:,.0f} s")
     log("flushing the set-up's writes to disk (so the timed fsyncs do not pay for them)")
     os.sync()
     log(f"set-up done in {time.perf_counter() - t0:,.0f} s")
@@ -294,9 +321,8 @@ def line(label: str, value: str, target: str = "") -> None:
     print(f"  {label:<44} {value:>22}   {target}")
 
 
-def measure(path: Path, n: int, info: dict, runs: int, writes: int, rng: random.Random) -> None:
-    s = Store(path)
-    c = s.db.conn
+def _sqlite_sizes(s: Store, path: Path, n: int) -> None:
+    c = s.db.conn.connection.dbapi_connection  # SQLite's own statistics (dbstat) need the sqlite3 connection
     file_bytes = path.stat().st_size
     log("measuring sizes (dbstat)")
     per_obj = dict(c.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())
@@ -310,10 +336,6 @@ def measure(path: Path, n: int, info: dict, runs: int, writes: int, rng: random.
                      ", AVG(" + " + ".join(f"COALESCE(LENGTH(CAST({col} AS BLOB)), 0)" for col in DECISION_COLUMNS) +
                      "), AVG(final_json IS NULL) FROM decisions").fetchone()
     config_len = c.execute("SELECT AVG(LENGTH(config_json)) FROM config_snapshots").fetchone()[0]
-
-    print(f"\nstore benchmark: {n:,} decisions, {info['proposals']:,} proposals, {info['events']:,} events "
-          f"({path})")
-    print("size")
     line("file size", f"{file_bytes / 1e6:,.1f} MB")
     line("file bytes / decision", f"{file_bytes / n:,.0f} B", f"(target <= {TARGET_BYTES} B)")
     line("decisions table + its indexes / decision", f"{dec_bytes / n:,.0f} B", f"(target <= {TARGET_BYTES} B)")
@@ -323,8 +345,24 @@ def measure(path: Path, n: int, info: dict, runs: int, writes: int, rng: random.
     line("  rows with final_json NULL (= proposed)", f"{avgs[-1] * 100:.2f} %")
     line("  config_json (stored once, shared)", f"{config_len or 0:,.0f} B")
 
+
+def measure(target: str, n: int, info: dict, runs: int, writes: int, rng: random.Random) -> dict:
+    s = Store(target)
+    engine = "PostgreSQL" if s.db.is_pg else "SQLite"
+    print(f"\nstore benchmark ({engine}): {n:,} decisions, {info['proposals']:,} proposals, {info['events']:,} events "
+          f"({s.db.display})")
+    print("size")
+    if s.db.is_pg:
+        total = s.db.scalar("SELECT pg_database_size(current_database())")
+        dec_bytes = s.db.scalar("SELECT pg_total_relation_size('decisions')")
+        line("database size", f"{total / 1e6:,.1f} MB")
+        line("decisions table + its indexes / decision", f"{dec_bytes / n:,.0f} B", f"(target <= {TARGET_BYTES} B)")
+    else:
+        _sqlite_sizes(s, Path(target), n)
     print("review latency (ms, warm cache)")
+    figures: dict = {}
     p50, p95 = timed(lambda: s.list_decisions(limit=100), runs)
+    figures["list100"] = p50
     line("list last 100 decisions (JSON parsed)", f"p50 {p50:6.2f}  p95 {p95:6.2f}", f"(target p50 < {TARGET_P50_MS:g})")
     p50, p95 = timed(lambda: s.list_decisions(limit=100, action="OPEN_COVERED_CALL"), runs)
     line("list last 100 OPEN decisions", f"p50 {p50:6.2f}  p95 {p95:6.2f}", f"(target p50 < {TARGET_P50_MS:g})")
@@ -334,6 +372,7 @@ def measure(path: Path, n: int, info: dict, runs: int, writes: int, rng: random.
     ids = [rng.randint(1, info["proposals"]) for _ in range(runs)]
     it = iter(ids)
     p50, p95 = timed(lambda: s.proposal_story(next(it)), runs)
+    figures["story"] = p50
     line("proposal story (random proposal)", f"p50 {p50:6.2f}  p95 {p95:6.2f}", f"(target p50 < {TARGET_P50_MS:g})")
     now = START + TICK * n
     p50, p95 = timed(lambda: s.history_for_policy("BTC", now), min(runs, 20))
@@ -346,7 +385,8 @@ def measure(path: Path, n: int, info: dict, runs: int, writes: int, rng: random.
     rep = s.verify_chain()
     line("verify_chain (all events)", f"{(time.perf_counter() - t):.2f} s", f"ok={rep.ok} checked={rep.checked:,}")
 
-    print("writes (through Store.record_decision, synchronous=FULL, WAL)")
+    print("writes (through Store.record_decision; " + ("synchronous_commit=on" if s.db.is_pg else
+                                                        "synchronous=FULL, WAL") + ")")
     log(f"building {writes:,} decisions to write")
     decisions = [make_decision(rng, now + TICK * (i + 1), info["config"], act=(i % PROPOSAL_EVERY == 0))
                  for i in range(writes)]
@@ -355,47 +395,74 @@ def measure(path: Path, n: int, info: dict, runs: int, writes: int, rng: random.
         s.record_decision(d)
     dt = time.perf_counter() - t
     line("record_decision", f"{writes / dt:,.0f} /s", f"({dt / writes * 1000:.2f} ms each; a tick is every 300 s)")
+    out = {"writes": writes / dt}
     # The same path without the per-commit fsync: separates our CPU cost from this disk's fsync latency.
     more = [make_decision(rng, now + TICK * (writes + i + 1), info["config"], act=False) for i in range(writes // 2)]
-    c.execute("PRAGMA synchronous = NORMAL")
+    s.db.execute("SET synchronous_commit = off" if s.db.is_pg else "PRAGMA synchronous = NORMAL")
     t = time.perf_counter()
     for d in more:
         s.record_decision(d)
     dt = time.perf_counter() - t
-    c.execute("PRAGMA synchronous = FULL")
-    line("  same, synchronous=NORMAL (no fsync per commit)", f"{len(more) / dt:,.0f} /s",
+    s.db.execute("SET synchronous_commit = on" if s.db.is_pg else "PRAGMA synchronous = FULL")
+    line("  same, no fsync per commit", f"{len(more) / dt:,.0f} /s",
          f"({dt / len(more) * 1000:.2f} ms each)")
     t = time.perf_counter()
     for i in range(200):
         s.append_event("bench", actor="bench", channel="bench", data={"i": i})
     line("append_event", f"{200 / (time.perf_counter() - t):,.0f} /s")
     s.close()
+    return {**out, **figures}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1_000_000, help="decisions to build (default 1,000,000)")
-    ap.add_argument("--db", type=Path, help="database path (kept); default: a temp dir, removed afterwards")
+    ap.add_argument("--n", type=int, default=1_000_000, help="decisions to build on SQLite (default 1,000,000)")
+    ap.add_argument("--pg-n", type=int, default=100_000, help="decisions to build on PostgreSQL (default 100,000)")
+    ap.add_argument("--engines", default="sqlite,postgresql", help="sqlite, postgresql or both (default both)")
+    ap.add_argument("--db", type=Path, help="SQLite database path (kept); default: a temp dir, removed afterwards")
+    ap.add_argument("--url", help="a PostgreSQL database URL (an empty database); default: a throwaway cluster")
     ap.add_argument("--runs", type=int, default=50, help="runs per latency figure (default 50)")
     ap.add_argument("--writes", type=int, default=2000, help="record_decision calls to time (default 2000)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
-    rng = random.Random(args.seed)
-    tmp = None
-    if args.db is None:
-        tmp = tempfile.mkdtemp(prefix="store-bench-")
-        path = Path(tmp) / "bench.db"
-    else:
-        path = args.db
-        if path.exists():
-            sys.exit(f"{path} exists: pass a new path (the benchmark builds its own history)")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    tmp = tempfile.mkdtemp(prefix="store-bench-")
+    cluster = None
+    results: dict[str, tuple[int, dict]] = {}
     t0 = time.perf_counter()
     try:
-        info = build(path, args.n, rng)
-        measure(path, args.n, info, args.runs, args.writes, rng)
+        for engine in engines:
+            rng = random.Random(args.seed)
+            if engine == "sqlite":
+                path = args.db or Path(tmp) / "bench.db"
+                if path.exists():
+                    sys.exit(f"{path} exists: pass a new path (the benchmark builds its own history)")
+                target, n = str(path), args.n
+            elif engine == "postgresql":
+                target, n = args.url, args.pg_n
+                if target is None:
+                    from tests.pg import Cluster, pg_bindir
+
+                    if pg_bindir() is None:
+                        sys.exit("no PostgreSQL binaries: apt-get install postgresql, or pass --url")
+                    cluster = Cluster(pg_bindir(), durable=True).start()  # fsync on, as in production
+                    target = cluster.new_database()
+            else:
+                sys.exit(f"unknown engine {engine!r}: sqlite or postgresql")
+            log(f"{engine}: building {n:,} decisions")
+            info = build(target, n, rng)
+            results[engine] = (n, measure(target, n, info, args.runs, args.writes, rng))
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if cluster is not None:
+            cluster.stop()
+    if len(results) > 1:
+        print("\nside by side")
+        line("", "   ".join(f"{e:>18}" for e in results))
+        line("decisions in the history", "   ".join(f"{n:>18,}" for n, _ in results.values()))
+        line("record_decision /s (fsync per commit)", "   ".join(f"{f['writes']:>18,.0f}" for _, f in results.values()))
+        line("list last 100 decisions, p50 ms", "   ".join(f"{f['list100']:>18.2f}" for _, f in results.values()))
+        line("one proposal's story, p50 ms", "   ".join(f"{f['story']:>18.2f}" for _, f in results.values()))
     log(f"total {time.perf_counter() - t0:,.0f} s")
     return 0
 

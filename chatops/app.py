@@ -20,8 +20,9 @@ from .approvals import ApprovalService
 from .ask import Asker
 from .core import Core
 from .engine import Executor
+from .leader import Leadership
 from .llm_wiring import LLMWiring
-from .store import Store
+from .store import LeaseLostError, Store, lease_line
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,14 @@ class Bot:
     """One running bot. `await bot.start()`, then ticks and sweeps (by the scheduler or by hand)."""
 
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
-                 channels: list | None = None, llm_client: Any = None, web: Any = None) -> None:
+                 channels: list | None = None, llm_client: Any = None, web: Any = None, lead: bool = False) -> None:
         self.settings = settings
         redact.configure(settings)  # the one redactor knows this bot's secrets before anything is stored or sent
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
-        self.store = store or Store(settings.database_path, now=self.now)
+        self.store = store or Store(settings.database_target, now=self.now)
+        # With `lead`, this bot acts only while it holds the database's leader lease (chatops/leader.py).
+        self.leader = Leadership(self.store, settings.leader_lease_sec) if lead else None
         # Every LLM call (ticks, shadow, questions) goes through this one wiring: one client, one budget.
         self.llm = LLMWiring(settings, self.store, client=llm_client, now=self.now)
         names = tuple(ch.name for ch in channels) if channels is not None else enabled_channel_names(settings)
@@ -64,9 +67,12 @@ class Bot:
         # explicitly (tests, embedding), only the one passed (or set on .web before start).
         self.web = web
         self._web_from_settings = channels is None and web is None and bool(settings.web_port)
+        # UNDERLYING=BTC,ETH: each coin its own tick on its own view of the settings (sizes, limits).
+        self.views = {c: settings.for_underlying(c) for c in settings.underlyings}
         self.ticks_done = 0
-        self.exchange_failures = 0
-        self.last_tick_error: str | None = None
+        self.ticks_by: dict[str, int] = {c: 0 for c in self.views}
+        self.failures_by: dict[str, int] = {c: 0 for c in self.views}
+        self.errors_by: dict[str, str | None] = {c: None for c in self.views}
         self._tick_lock = asyncio.Lock()
         self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
@@ -75,10 +81,22 @@ class Bot:
         self.interval = settings.loop_interval_sec  # the runner sets what it schedules
         self.dashboard_url: str | None = None  # the web channel sets it when it serves one
         self.log_file: str | None = None  # where the log goes when not the terminal
-        self.account_now: tuple[Any, dict[str, Any]] | None = None  # (when, compressed state) read after a fill
+        self.account_now: dict[str, tuple[Any, dict[str, Any]]] = {}  # coin -> (when, compressed state) read after a fill
 
     def now(self):
         return to_datetime(self.exchange.clock.now_ms())
+
+    @property
+    def underlyings(self) -> tuple[str, ...]:
+        return tuple(self.views)
+
+    @property
+    def exchange_failures(self) -> int:
+        return max(self.failures_by.values())
+
+    @property
+    def last_tick_error(self) -> str | None:
+        return next((e for e in self.errors_by.values() if e), None)
 
     @property
     def channels(self):
@@ -87,6 +105,9 @@ class Bot:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.settings.check_min_trade()
+        if self.leader is not None:  # stand by until this bot leads; only then reconcile and start channels
+            await self.leader.wait_until_leader()
         self.approvals.check_startup()
         await self._check_order_size()
         await self._check_network()
@@ -192,37 +213,51 @@ class Bot:
                 log.exception("channel %s did not stop cleanly", ch.name)
         self.core.channels.clear()
         await self.core.drain()  # a press handled while the channels stopped may have started an execution
-        self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
-        self.anchor("stop", force=True)
+        try:
+            self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
+            self.anchor("stop", force=True)
+        except LeaseLostError:
+            pass  # a deposed leader writes nothing more
+        if self.leader is not None:
+            self.leader.release()
         await self.exchange.aclose()
         await self.llm.aclose()
         self.store.close()
 
     # --- jobs -------------------------------------------------------------------------------------
 
-    async def tick(self) -> tuple[int | None, Decision | None]:
-        """One decision: build state, decide, check, record, propose. Never raises."""
+    async def tick(self, underlying: str | None = None) -> tuple[int | None, Decision | None]:
+        """One decision for one coin (default: the first of UNDERLYING): build state, decide, check,
+        record, propose. Never raises. Ticks of different coins take turns on the one client."""
+        coin = (underlying or self.settings.underlying).upper()
+        if coin not in self.views:
+            raise ValueError(f"{coin} is not traded here (UNDERLYING={','.join(self.views)})")
+        on = f" ({coin})" if len(self.views) > 1 else ""
         async with self._tick_lock:
             try:
-                return await self._tick()
+                return await self._tick(coin)
             except DeribitError as exc:
-                self.exchange_failures += 1
-                self.last_tick_error = str(exc)
+                self.failures_by[coin] += 1
+                self.errors_by[coin] = str(exc)
                 await self.core._off_loop(self.store.append_event, "tick_failed", actor="agent", channel="scheduler",
-                                          reason=str(exc)[:500])
-                log.error("tick failed: %s", exc)
-                if self.exchange_failures == 3:
-                    await self.core.notify("watchdog", f"The exchange failed 3 ticks in a row: {exc}")
+                                          reason=f"{coin}: {exc}"[:500])
+                log.error("tick%s failed: %s", on, exc)
+                if self.failures_by[coin] == 3:
+                    await self.core.notify("watchdog", f"The exchange failed 3 ticks in a row{on}: {exc}")
                 return None, None
             except Exception as exc:  # a tick that raises is recorded and the loop goes on
-                self.last_tick_error = f"{type(exc).__name__}: {exc}"
+                self.errors_by[coin] = f"{type(exc).__name__}: {exc}"
                 await self.core._off_loop(self.store.append_event, "tick_failed", actor="agent", channel="scheduler",
-                                          reason=self.last_tick_error[:500])
-                log.exception("tick failed")
+                                          reason=f"{coin}: {self.errors_by[coin]}"[:500])
+                log.exception("tick%s failed", on)
                 return None, None
 
-    async def _tick(self) -> tuple[int | None, Decision | None]:
-        settings = self.settings
+    async def tick_all(self) -> list[tuple[int | None, Decision | None]]:
+        """One tick per coin, in UNDERLYING order."""
+        return [await self.tick(c) for c in self.views]
+
+    async def _tick(self, coin: str) -> tuple[int | None, Decision | None]:
+        settings = self.views[coin]
         history = self.store.history_for_policy(settings.underlying, self.now())
         brain = await self.llm.tick_brain()  # None: the rules decide (rule mode, or the budget is spent)
         off = "daily token budget spent" if brain is None and self.llm.drives else None
@@ -231,8 +266,9 @@ class Bot:
         # Writes in a thread: a locked database delays the tick's record, not the buttons.
         decision_id = await asyncio.to_thread(self.store.record_decision, decision)
         self.ticks_done += 1
-        self.exchange_failures = 0
-        self.last_tick_error = None
+        self.ticks_by[coin] += 1
+        self.failures_by[coin] = 0
+        self.errors_by[coin] = None
         await self._check_llm_fallbacks(decision)
         if decision.final_action.action == ActionType.DO_NOTHING:
             cands = decision.state.get("cand") or []
@@ -322,23 +358,23 @@ class Bot:
         if row is None:
             return
         if row.status == "executed":
-            await self._read_account()
+            await self._read_account(row.underlying)
             filled = " filled" in (row.status_reason or "") or (row.status_reason or "").startswith("filled")
             await self.core.notify("fill" if filled else "order", f"#{pid} executed: {row.status_reason or ''}".strip())
         elif row.status in ("failed", "blocked"):
             await self.core.notify("failure", f"#{pid} {row.status}: {row.status_reason or ''}".strip())
 
-    async def _read_account(self) -> None:
+    async def _read_account(self, coin: str) -> None:
         """After a fill, read the account again so `status` shows it, not the tick before."""
         from agent.state import build_agent_state
         from agent.tick import compress_state
 
         try:
-            state = await build_agent_state(self.exchange.client, self.settings, clock=self.exchange.clock)
+            state = await build_agent_state(self.exchange.client, self.views.get(coin, self.settings), clock=self.exchange.clock)
         except DeribitError as exc:
             log.warning("could not read the account after an execution: %s", exc)
             return
-        self.account_now = (state.timestamp, compress_state(state))
+        self.account_now[coin] = (state.timestamp, compress_state(state))
 
     async def daily_summary(self) -> None:
         since = self.now() - timedelta(days=1)
@@ -349,10 +385,15 @@ class Bot:
             by_status[p.status] = by_status.get(p.status, 0) + 1
         text = (f"Daily summary: {len(decisions)} ticks, {len(props)} proposals "
                 f"({', '.join(f'{v} {k}' for k, v in sorted(by_status.items())) or 'none'}).")
-        last = self.store.last_decision()
-        if last and last.get("state"):
-            st = last["state"]
-            text += f" Equity {st.get('eq', 0):.4f} {self.settings.underlying}, {len(st.get('pos') or [])} open positions."
+        for coin in self.views:
+            last = self.store.last_decision(underlying=coin)
+            if last and last.get("state"):
+                st = last["state"]
+                n = sum(1 for p in props if p.underlying == coin and p.status == "executed")
+                if len(self.views) == 1:
+                    text += f" Equity {st.get('eq', 0):.4f} {coin}, {len(st.get('pos') or [])} open positions."
+                else:
+                    text += f" {coin}: equity {st.get('eq', 0):.4f} {coin}, {len(st.get('pos') or [])} open positions, {n} executed."
         # The chain's head, outside the database: `chatops audit verify --head HASH:N` checks it later.
         self.anchor("daily summary", force=True)
         text += f" Audit head {self.store.audit_head().as_text()}."
@@ -380,6 +421,8 @@ class Bot:
         problem = self.watchdog_problem()
         if problem:
             out["watchdog"] = problem
-        if self.account_now is not None:
-            out["account_now"] = self.account_now
+        if self.leader is not None:
+            out["leader"] = lease_line(self.store.lease_status(self.settings.leader_lease_sec))
+        if self.account_now:
+            out["account_now"] = dict(self.account_now)
         return out

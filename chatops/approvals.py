@@ -110,7 +110,7 @@ class ApprovalService:
         action = decision.final_action
         if action.action == ActionType.DO_NOTHING:
             return ProposeResult("none")
-        if self.is_paused():
+        if self.is_paused(action.underlying):
             return ProposeResult("paused")
         superseded = []
         for row in self.store.pending_proposals(action.underlying):
@@ -150,7 +150,8 @@ class ApprovalService:
         if row is None or row.status != "pending" or row.approval_mode != "auto":
             return None
         action = Action.model_validate_json(row.action_json)
-        limit = self.settings.effective_auto_max_size
+        coin = action.underlying
+        limit = (self.settings.for_underlying(coin) if coin in self.settings.underlyings else self.settings).effective_auto_max_size
         if action.size is None or action.size > limit + 1e-12:
             self.store.append_event("auto_approve_declined", proposal_id=proposal_id, actor=AUTO_USER, channel="auto",
                                     reason=f"size {action.size:g} over AUTO_APPROVE_MAX_SIZE {limit:g}: waiting for a human")
@@ -188,34 +189,53 @@ class ApprovalService:
 
     # --- kill switch ----------------------------------------------------------------------
 
-    def set_paused(self, paused: bool, user: str, channel: str, reason: str | None = None) -> SwitchResult:
+    def set_paused(self, paused: bool, user: str, channel: str, reason: str | None = None,
+                   underlying: str | None = None) -> SwitchResult:
         """The kill switch as every entry point pulls it: any known person may pause (which also
-        cancels what is pending); only an approver may resume. Refusals are recorded."""
+        cancels what is pending); only an approver may resume. Refusals are recorded. With an
+        underlying, only that coin pauses or resumes; without, the global switch (and `resume`
+        lifts every coin's too)."""
         user = str(user)
         refused = self.authorize(channel, user, "pause" if paused else "resume")
         if refused:
             return SwitchResult("unauthorized", refused)
+        coin = f" {underlying}" if underlying else ""
         if not paused:
-            return SwitchResult("done", "Resumed.") if self.resume(user, channel) else SwitchResult("noop", "Not paused.")
-        if not self.pause(user, channel, reason):
-            return SwitchResult("noop", "Already paused.")
-        cancelled = tuple(self.cancel_pending(None, "paused (kill switch)", user, channel))
-        return SwitchResult("done", "Paused.", cancelled)
+            return (SwitchResult("done", f"Resumed{coin}.") if self.resume(user, channel, underlying)
+                    else SwitchResult("noop", f"Not paused{coin}."))
+        if not self.pause(user, channel, reason, underlying):
+            return SwitchResult("noop", f"Already paused{coin}.")
+        cancelled = tuple(self.cancel_pending(underlying, f"paused{coin} (kill switch)", user, channel))
+        return SwitchResult("done", f"Paused{coin}.", cancelled)
 
-    def is_paused(self) -> bool:
-        return self.store.get_flag("paused", "0") == "1"
+    def is_paused(self, underlying: str | None = None) -> bool:
+        """The global switch, or (given a coin) the global switch or that coin's own."""
+        if self.store.get_flag("paused", "0") == "1":
+            return True
+        return underlying is not None and self.store.get_flag(_coin_flag(underlying), "0") == "1"
 
-    def pause(self, user: str, channel: str, reason: str | None = None) -> bool:
-        if self.is_paused():
+    def paused_coins(self) -> tuple[str, ...]:
+        return tuple(c for c in self.settings.underlyings if self.store.get_flag(_coin_flag(c), "0") == "1")
+
+    def pause(self, user: str, channel: str, reason: str | None = None, underlying: str | None = None) -> bool:
+        flag = _coin_flag(underlying) if underlying else "paused"
+        if self.store.get_flag(flag, "0") == "1":
             return False
-        self.store.set_flag("paused", "1", actor=user, channel=channel, reason=reason or "paused")
+        self.store.set_flag(flag, "1", actor=user, channel=channel, reason=reason or "paused")
         return True
 
-    def resume(self, user: str, channel: str) -> bool:
-        if not self.is_paused():
-            return False
-        self.store.set_flag("paused", "0", actor=user, channel=channel, reason="resumed")
-        return True
+    def resume(self, user: str, channel: str, underlying: str | None = None) -> bool:
+        flags = [_coin_flag(underlying)] if underlying else ["paused"] + [_coin_flag(c) for c in self.paused_coins()]
+        done = False
+        for flag in flags:
+            if self.store.get_flag(flag, "0") == "1":
+                self.store.set_flag(flag, "0", actor=user, channel=channel, reason="resumed")
+                done = True
+        return done
+
+
+def _coin_flag(underlying: str) -> str:
+    return f"paused:{underlying.upper()}"
 
 
 def _vote_message(out, proposal_id: int, required: int) -> str:

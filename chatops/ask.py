@@ -251,10 +251,10 @@ def why_text(facts: dict[str, Any]) -> str:
     d = facts.get("decision") or {}
     if p:
         action = Action.model_validate_json(p["action_json"])
-        lines.append(f"#{p['id']} {action.action.value} {action.symbol or ''} size {action.size:g} - "
+        lines.append(f"#{p['id']} {action.action.value} {action.symbol or ''} size {action.size:g} {action.underlying} - "
                      f"{STATUS_WORDS.get(p['status'], p['status'])}" + (f" ({p['status_reason']})" if p.get("status_reason") else ""))
     elif d:
-        lines.append(f"Decision d{d['id']} at {d['ts']}: {d['final_action']} {d.get('final_symbol') or ''}".rstrip())
+        lines.append(f"Decision d{d['id']} ({d.get('underlying', '?')}) at {d['ts']}: {d['final_action']} {d.get('final_symbol') or ''}".rstrip())
     final = d.get("final") or {}
     proposed = d.get("proposed") or {}
     reasoning = (proposed.get("reasoning") or final.get("reasoning") or "").strip()

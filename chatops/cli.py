@@ -82,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     cn.add_argument("id", type=_proposal_id, help="the proposal's number, as shown on its card (#12 -> 12)")
     ps = sub.add_parser("pause", help="kill switch on: no proposals, no executions")
     ps.add_argument("--reason", help="why, for the audit trail and the chat announcement")
-    sub.add_parser("resume", help="kill switch off")
+    ps.add_argument("--underlying", type=str.upper, choices=["BTC", "ETH"], help="pause one coin only (UNDERLYING=BTC,ETH)")
+    rs = sub.add_parser("resume", help="kill switch off")
+    rs.add_argument("--underlying", type=str.upper, choices=["BTC", "ETH"], help="resume one coin only")
 
     cf = sub.add_parser("config", help="the settings: every name, its default and meaning")
     csub = cf.add_subparsers(dest="config_cmd", required=True, metavar="WHAT")
@@ -91,12 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="review decisions, proposals and events; export; verify")
     asub = au.add_subparsers(dest="audit_cmd", required=True)
     for table in ("decisions", "proposals", "events"):
+        # A short usage line: with --underlying the full one wraps past the one-line error.
         lp = asub.add_parser(table, help=f"list {table}, " + ("the latest, in the order they happened" if table == "events"
-                                                               else "newest first"))
+                                                               else "newest first"),
+                             usage="%(prog)s [options] (-h lists them)")
         lp.add_argument("--since", help=_SINCE_HELP)
         lp.add_argument("--until", help=_UNTIL_HELP)
         lp.add_argument("--limit", type=_positive_int, default=50, help="at most this many rows (default 50)")
         lp.add_argument("--json", action="store_true", help=_JSON_HELP)
+        if table != "events":
+            lp.add_argument("--underlying", type=str.upper, choices=["BTC", "ETH"], metavar="COIN",
+                            help="one coin's rows only: BTC or ETH")
         if table == "decisions":
             lp.add_argument("--action", help=f"only this final action: {', '.join(ACTION_NAMES)} (or open, roll, close, nothing)")
         if table == "proposals":
@@ -144,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     pe.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
     pe.add_argument("--reset", action="store_true", help="start from a fresh account")
-    pe.add_argument("--state", help="state file (default PAPER_STATE_PATH or data/paper_exchange_<UNDERLYING>.json)")
+    pe.add_argument("--state", help="state file, both coins (default PAPER_STATE_PATH or data/paper_exchange.json)")
     pe.add_argument("--speed", type=float, help="simulated time at this speed factor (default: wall time)")
     return p
 
@@ -187,10 +194,13 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from .store import StoreBusyError
+        from .store import StoreBusyError, StoreUnavailableError
 
         if isinstance(exc, StoreBusyError):
             print(f"database busy: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, StoreUnavailableError):  # the database is unreachable (named without its password)
+            print(str(exc), file=sys.stderr)
             return 1
         raise
 
@@ -217,14 +227,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _web(settings, args)
     from .store import Store
 
-    store = Store(settings.database_path)
+    store = Store(settings.database_target)
     try:
         if cmd in ("status", "pending"):
             return _status(store, settings, cmd, args.json)
         if cmd in ("approve", "reject"):
             return _vote(store, settings, cmd, args.id, getattr(args, "reason", None))
         if cmd in ("pause", "resume"):
-            return _pause(store, settings, cmd, getattr(args, "reason", None))
+            return _pause(store, settings, cmd, getattr(args, "reason", None), args.underlying)
         if cmd == "cancel":
             return _cancel(store, settings, args.id)
         if cmd == "audit":
@@ -245,14 +255,15 @@ async def _run(settings: Settings, args) -> int:
 
     from .logs import log_file_path
 
-    bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper))
+    bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper), lead=True)
     bot.log_file = log_file_path(settings, "console" in enabled_channel_names(settings))
-    await bot.start()
+    await bot.start()  # stands by until this bot holds the leader lease
+    runner = BotRunner(bot, interval=settings.loop_interval_sec, ticks=args.ticks)
     try:
-        await BotRunner(bot, interval=settings.loop_interval_sec, ticks=args.ticks).run()
+        await runner.run()
     finally:
         await bot.stop()
-    return 0
+    return 3 if runner.lost_lease else 0
 
 
 async def _tick(settings: Settings, as_json: bool) -> int:
@@ -269,11 +280,16 @@ async def _tick(settings: Settings, as_json: bool) -> int:
 
             store = Store(settings.database_path)
             llm = LLMWiring(settings, store)
-        brain = await llm.tick_brain() if llm is not None else None
-        off = "daily token budget spent" if llm is not None and llm.drives and brain is None else None
-        decision = await run_tick(ex.client, settings, clock=ex.clock, llm_brain=brain, llm_off_reason=off)
-        for rec in decision.llm_calls:  # no decision row (a tick by hand proposes nothing): the calls count
-            llm.record(rec, "shadow" if decision.shadow_action is not None else "drive")  # type: ignore[union-attr]
+        settings.check_min_trade()
+        decisions = []
+        for coin in settings.underlyings:  # UNDERLYING=BTC,ETH: one decision per coin, in order
+            brain = await llm.tick_brain() if llm is not None else None
+            off = "daily token budget spent" if llm is not None and llm.drives and brain is None else None
+            decision = await run_tick(ex.client, settings.for_underlying(coin), clock=ex.clock, llm_brain=brain,
+                                      llm_off_reason=off)
+            for rec in decision.llm_calls:  # no decision row (a tick by hand proposes nothing): the calls count
+                llm.record(rec, "shadow" if decision.shadow_action is not None else "drive")  # type: ignore[union-attr]
+            decisions.append(decision)
     finally:
         await ex.aclose()
         if llm is not None:
@@ -283,7 +299,8 @@ async def _tick(settings: Settings, as_json: bool) -> int:
     from .redact import redact  # an LLM error text may echo a key: printed only through the one redactor
 
     tag = settings.tag_for(getattr(ex.client, "testnet", None))  # what Deribit's own responses said
-    print(redact(decision.model_dump_json(indent=2) if as_json else format_decision(decision, settings, tag)))
+    for decision in decisions:
+        print(redact(decision.model_dump_json(indent=2) if as_json else format_decision(decision, settings, tag)))
     return 0
 
 
@@ -291,7 +308,7 @@ def format_decision(d, settings: Settings, tag: str | None = None) -> str:
     st = d.state
     fa = d.final_action
     lines = [
-        f"{tag or settings.trading_tag} tick at {d.timestamp:%Y-%m-%d %H:%M:%S} UTC on {settings.underlying} "
+        f"{tag or settings.trading_tag} tick at {d.timestamp:%Y-%m-%d %H:%M:%S} UTC on {d.underlying} "
         f"({d.requests} requests, {d.timings_ms.get('total_ms', 0):.0f} ms)",
         f"  spot {st['spot']:,.0f}  forward {st['fwd']:,.0f}  equity {st['eq']:.4f}  margin used {st['mu']:.1f}%  "
         f"options delta {st['od']:+.3f}",
@@ -314,20 +331,26 @@ def format_decision(d, settings: Settings, tag: str | None = None) -> str:
 
 def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
     from .core import status_text
+    from .store import lease_line
 
     now = datetime.now(timezone.utc)
     if cmd == "status":
         last = store.last_decision()
         stats = store.llm_stats(now.replace(microsecond=0) - _duration("24h"))
         if as_json:
-            print(json.dumps({"paused": store.get_flag("paused", "0") == "1", "last_decision": last,
-                              "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
-                              "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats}, default=str, indent=2))
+            out = {"paused": store.get_flag("paused", "0") == "1", "last_decision": last,
+                   "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
+                   "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats,
+                   "leader": store.lease_status(settings.leader_lease_sec)}
+            if len(settings.underlyings) > 1:  # a block per coin
+                out["underlyings"] = {c: _coin_status(store, c, now) for c in settings.underlyings}
+            print(json.dumps(out, default=str, indent=2))
             return 0
         live = {}
         if stats.get("calls"):
             fb = stats.get("fallbacks", 0)
             live["llm"] = f"LLM: {stats['calls']} calls in 24 h, {fb} fallbacks ({fb / stats['calls'] * 100:.0f}%)"
+        live["leader"] = lease_line(store.lease_status(settings.leader_lease_sec))
         print(status_text(store, settings, now, live))
         return 0
     rows = store.pending_proposals()
@@ -340,6 +363,13 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
     for r in rows:
         print(f"#{r.id} {r.action} {r.symbol or ''} size {r.size:g} expires {r.expires_at:%H:%M:%S} UTC")
     return 0
+
+
+def _coin_status(store, coin: str, now: datetime) -> dict[str, Any]:
+    last = store.last_decision(underlying=coin)
+    return {"paused": store.get_flag(f"paused:{coin}", "0") == "1", "last_decision_id": last["id"] if last else None,
+            "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
+            "pending": [r.id for r in store.pending_proposals(coin)]}
 
 
 def _vote(store, settings: Settings, cmd: str, pid: int, reason: str | None) -> int:
@@ -381,11 +411,11 @@ def _cancel(store, settings: Settings, pid: int) -> int:
     return 0
 
 
-def _pause(store, settings: Settings, cmd: str, reason: str | None) -> int:
+def _pause(store, settings: Settings, cmd: str, reason: str | None, underlying: str | None = None) -> int:
     from .approvals import ApprovalService
 
     svc = ApprovalService(store, settings)
-    result = svc.set_paused(cmd == "pause", os_user(), "cli", reason)
+    result = svc.set_paused(cmd == "pause", os_user(), "cli", reason, underlying)
     if not result.ok:
         print(result.message, file=sys.stderr)
         return 1

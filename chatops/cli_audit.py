@@ -25,6 +25,7 @@ PROPOSAL_STATUSES = ("pending", "approved", "executing", "executed", "failed", "
 EVENT_KINDS = ("proposal_created", *(f"proposal_{s}" for s in PROPOSAL_STATUSES if s != "pending"), "vote",
                "execution_recorded", "unauthorized", "unauthorized_vote", "auto_approve_declined", "flag_set",
                "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed", "cancel_requested", "outbox_gave_up",
+               "leader_elected",
                *(f"order_{k}" for k in ("sent", "unknown", "found", "fill", "partial_fill", "repriced", "cancelled",
                                         "rejected", "not_found")))
 
@@ -109,12 +110,14 @@ def audit(store, settings: Settings, args) -> int:
         return 0
     since, until = _when(args.since), _when(args.until)
     if sub == "decisions":
-        rows = store.list_decisions(since=since, until=until, action=_action_filter(args.action), limit=args.limit)
-        headers = ["id", "ts", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
+        rows = store.list_decisions(since=since, until=until, action=_action_filter(args.action), limit=args.limit,
+                                    underlying=args.underlying)
+        headers = ["id", "ts", "underlying", "final_action", "final_symbol", "risk_allowed", "decision_source", "requests"]
     elif sub == "proposals":
         rows = [asdict(r) for r in store.list_proposals(status=_status_filter(args.status), since=since, until=until,
-                                                        action=_action_filter(args.action), limit=args.limit)]
-        headers = ["id", "created_at", "action", "symbol", "size", "status", "status_reason"]
+                                                        action=_action_filter(args.action), limit=args.limit,
+                                                        underlying=args.underlying)]
+        headers = ["id", "created_at", "underlying", "action", "symbol", "size", "status", "status_reason"]
     else:
         kind = event_kind(args.kind, _known_kinds(store)) if args.kind else None
         rows = store.list_events(since=since, until=until, proposal_id=args.proposal, kind=kind, limit=args.limit)
@@ -171,7 +174,7 @@ def _export(store, args) -> int:
     # Redacted again on the way out: rows written before the store redacted are exported clean too.
     rows = (redact_value(r) for r in store.iter_rows(args.table, since=_when(args.since), until=_when(args.until)))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
-    total = store.db[args.table].count if args.out else None
+    total = store.count(args.table) if args.out else None
     n = 0
     try:
         writer = None

@@ -123,7 +123,8 @@ class Core:
 
     def proposal_card(self, pid: int) -> render.Card | None:
         view = self.proposal_view(pid)
-        return render.proposal_card(view, self.tag, self.now()) if view else None
+        show_coin = len(self.settings.underlyings) > 1
+        return render.proposal_card(view, self.tag, self.now(), show_coin) if view else None
 
     async def broadcast_proposal(self, pid: int) -> None:
         card = self.proposal_card(pid)
@@ -293,9 +294,9 @@ class Core:
         )
         return Reply(table)
 
-    async def pause(self, user: str, channel: str, reason: str | None = None) -> Reply:
+    async def pause(self, user: str, channel: str, reason: str | None = None, underlying: str | None = None) -> Reply:
         try:
-            result = await asyncio.to_thread(self.approvals.set_paused, True, str(user), channel, reason)
+            result = await asyncio.to_thread(self.approvals.set_paused, True, str(user), channel, reason, underlying)
         except StoreBusyError as exc:
             return Reply(f"NOT paused: the database is busy ({exc}). Try again, or `chatops pause` from a shell.",
                          ok=False, private=True)
@@ -306,24 +307,28 @@ class Core:
         cancelled = result.cancelled
         for pid in cancelled:
             await self.refresh_proposal(pid)
-        self.paused_seen = True
-        await self.notify("pause", f"Paused by {user} ({channel}){': ' + reason if reason else ''}. "
-                                   f"No new proposals, nothing executes until resume."
+        if not underlying:
+            self.paused_seen = True
+        what = f"{underlying} paused" if underlying else "Paused"
+        await self.notify("pause", f"{what} by {user} ({channel}){': ' + reason if reason else ''}. "
+                                   f"No new {underlying + ' ' if underlying else ''}proposals, nothing "
+                                   f"{'of it ' if underlying else ''}executes until resume."
                                    + (f" Cancelled pending: {', '.join('#%d' % p for p in cancelled)}." if cancelled else ""))
-        return Reply("Paused.")
+        return Reply(result.message)
 
-    async def resume(self, user: str, channel: str) -> Reply:
+    async def resume(self, user: str, channel: str, underlying: str | None = None) -> Reply:
         try:
-            result = await asyncio.to_thread(self.approvals.set_paused, False, str(user), channel)
+            result = await asyncio.to_thread(self.approvals.set_paused, False, str(user), channel, None, underlying)
         except StoreBusyError as exc:
             return Reply(f"NOT resumed: the database is busy ({exc}). Try again in a moment.", ok=False, private=True)
         if result.kind == "unauthorized":
             return self._refuse(result.message)
         if result.kind == "noop":
             return Reply(result.message)
-        self.paused_seen = False
-        await self.notify("pause", f"Resumed by {user} ({channel}).")
-        return Reply("Resumed.")
+        if not underlying:
+            self.paused_seen = False
+        await self.notify("pause", f"Resumed{' ' + underlying if underlying else ''} by {user} ({channel}).")
+        return Reply(result.message)
 
     # --- text commands (terminal, chat free text) -------------------------------------------------
 
@@ -368,10 +373,15 @@ class Core:
                 return Reply(f"{rest[:30]!r} is not a number of decisions: usage: history [n] (1-50, default 10)",
                              ok=False, private=True)
             return await self.history(n, user, channel)
-        if word == "pause":
-            return await self.pause(user, channel, rest or None)
-        if word == "resume":
-            return await self.resume(user, channel)
+        if word in ("pause", "resume"):
+            # `pause ETH [reason]` / `resume ETH`: one coin; without a coin, the global kill switch.
+            head, _, tail = rest.partition(" ")
+            coin = head.upper() if head.upper() in self.settings.underlyings and len(self.settings.underlyings) > 1 else None
+            if coin:
+                rest = tail.strip()
+            if word == "pause":
+                return await self.pause(user, channel, rest or None, coin)
+            return await self.resume(user, channel, coin)
         if word == "whatif":
             return await self.whatif(rest, user, channel)
         if word == "ask":
@@ -404,37 +414,45 @@ def _dt(value: Any) -> datetime:
 
 
 def status_text(store: Store, settings: Settings, now: datetime, live: dict[str, Any]) -> str:
-    """The /status answer: mode, pause, last tick and its age, account, positions, pending."""
-    lines = [f"{live.get('tag') or settings.trading_tag} {settings.underlying} covered calls - {settings.exchange}, "
+    """The /status answer: mode, pause, then per coin its last tick and its age, account,
+    positions, pending; then the LLM, watchdog and exchange lines."""
+    coins = settings.underlyings
+    lines = [f"{live.get('tag') or settings.trading_tag} {','.join(coins)} covered calls - {settings.exchange}, "
              f"{settings.effective_decision_mode} brain, {settings.mode} profile, approvals {settings.approval_mode}"]
     paused = store.get_flag("paused", "0") == "1"
     lines.append("PAUSED (kill switch on): nothing is proposed or executed" if paused else "Running")
-    last = store.last_decision()
-    if last:
-        age = (now - _dt(last["ts"])).total_seconds()
-        lines.append(f"Last tick #{last['id']} {age:.0f}s ago: {last['final_action']} {last.get('final_symbol') or ''}".rstrip())
-        st = last.get("state") or {}
-        fresh = live.get("account_now")
-        if fresh and fresh[0] >= _dt(last["ts"]):  # read after an execution since that tick
-            st = fresh[1]
-            lines.append(f"Account read {max((now - fresh[0]).total_seconds(), 0):.0f}s ago, after the last execution:")
-            lines.append(f"  spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
-                         f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
-            for p in st.get("pos") or []:
-                lines.append(f"  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
-        elif st:
-            lines.append(f"As of that tick: spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {settings.underlying}, "
-                         f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
-            for p in st.get("pos") or []:
-                lines.append(f"  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
-    else:
-        lines.append("No tick yet")
-    pend = store.pending_proposals()
-    lines.append(f"Pending proposals: {', '.join('#%d' % r.id for r in pend) if pend else 'none'}")
+    for coin in coins:
+        i = ""  # a block per coin when there are several
+        if len(coins) > 1:
+            coin_paused = store.get_flag(f"paused:{coin}", "0") == "1"
+            lines.append(f"{coin}: " + ("PAUSED (`resume " + coin + "`)" if coin_paused else "paused (kill switch)" if paused else "running"))
+            i = "  "
+        last = store.last_decision(underlying=coin)
+        if last:
+            age = (now - _dt(last["ts"])).total_seconds()
+            lines.append(f"{i}Last tick #{last['id']} {age:.0f}s ago: {last['final_action']} {last.get('final_symbol') or ''}".rstrip())
+            st = last.get("state") or {}
+            fresh = (live.get("account_now") or {}).get(coin)
+            if fresh and fresh[0] >= _dt(last["ts"]):  # read after an execution since that tick
+                st = fresh[1]
+                lines.append(f"{i}Account read {max((now - fresh[0]).total_seconds(), 0):.0f}s ago, after the last execution:")
+                lines.append(f"{i}  spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {coin}, "
+                             f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
+                for p in st.get("pos") or []:
+                    lines.append(f"{i}  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+            elif st:
+                lines.append(f"{i}As of that tick: spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {coin}, "
+                             f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
+                for p in st.get("pos") or []:
+                    lines.append(f"{i}  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+        else:
+            lines.append(f"{i}No tick yet")
+        pend = store.pending_proposals(coin)
+        lines.append(f"{i}Pending proposals: {', '.join('#%d' % r.id for r in pend) if pend else 'none'}")
     llm = live.get("llm")
     if llm:
         lines.append(llm)
-    for k in ("watchdog", "exchange"):
+    for k in ("watchdog", "exchange", "leader"):
         if live.get(k):
             lines.append(str(live[k]))
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import signal
-import sqlite3
+from sqlalchemy.exc import OperationalError
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
@@ -120,7 +120,7 @@ class Executor:
         while True:
             try:
                 return fn()
-            except (StoreBusyError, sqlite3.OperationalError) as exc:
+            except (StoreBusyError, OperationalError) as exc:
                 if self.closed:
                     raise
                 log.warning("recording %s failed (%s); retrying in %.2fs", what, exc, delay)
@@ -143,23 +143,29 @@ class Executor:
             await self._changed(pid)
         return outcome
 
+    def _settings_for(self, coin: str):
+        """UNDERLYING=BTC,ETH: the coin's view (its DEFAULT_ORDER_SIZE_ETH ...); a coin this bot
+        does not trade (a row from another process) is checked with the plain settings."""
+        return self.settings.for_underlying(coin) if coin in self.settings.underlyings else self.settings
+
     async def _execute(self, pid: int) -> ExecOutcome:
         row = self.store.get_proposal(pid)
         if row is None or row.status != "approved":
             return ExecOutcome(pid, "skipped", f"not approved ({row.status if row else 'unknown'})")
         action = Action.model_validate_json(row.action_json)
-        if self.approvals.is_paused():
+        if self.approvals.is_paused(action.underlying):  # the kill switch, or this coin's pause
             return ExecOutcome(pid, "skipped", "paused")
+        settings = self._settings_for(action.underlying)  # that coin's sizes and limits
         if self._now() > row.expires_at:
             return self._block(pid, "expired before it could execute")
 
         # Fresh state, risk again, price drift.
         try:
             history = self.store.history_for_policy(action.underlying, self._now())
-            state = await build_agent_state(self.exchange.client, self.settings, clock=self.exchange.clock, history=history)
+            state = await build_agent_state(self.exchange.client, settings, clock=self.exchange.clock, history=history)
         except DeribitError as exc:
             return self._block(pid, f"could not read a fresh state: {exc}")
-        risk = check_action_allowed(state, action, self.settings, now=self._now())
+        risk = check_action_allowed(state, action, settings, now=self._now())
         if not risk.allowed:
             return self._block(pid, "risk re-check failed: " + "; ".join(risk.reasons))
         drift = price_drift(action, state)
@@ -178,7 +184,7 @@ class Executor:
             return ExecOutcome(pid, "skipped", claim.reason)
 
         if dry:
-            result = await execute_action(self.exchange.client, action, row.label, self.settings)
+            result = await execute_action(self.exchange.client, action, row.label, settings)
             await self._retrying(f"#{pid}", lambda: self.store.settle(pid, result, "executed", result.message))
             return ExecOutcome(pid, "executed", result.message, result)
         try:

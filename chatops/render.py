@@ -100,7 +100,8 @@ def _fmt_expiry(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%d %b %Y %H:%M UTC")
 
 
-def proposal_card(v: ProposalView, tag: str, now: datetime) -> Card:
+def proposal_card(v: ProposalView, tag: str, now: datetime, show_coin: bool = False) -> Card:
+    """The card of a proposal; `show_coin` (UNDERLYING=BTC,ETH) ends the title with its coin."""
     a = v.action
     fields: list[tuple[str, str]] = [("Instrument", a.symbol or "-")]
     if a.roll_from:
@@ -150,7 +151,7 @@ def proposal_card(v: ProposalView, tag: str, now: datetime) -> Card:
         sections.append(("Execution", execution_text(v.execution)))
 
     return Card(
-        title=f"#{v.id} {ACTION_TITLES[a.action]}",
+        title=f"#{v.id} {ACTION_TITLES[a.action]}" + (f" - {a.underlying}" if show_coin else ""),
         tag=tag,
         fields=tuple(fields),
         sections=tuple(sections),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -34,10 +34,11 @@ class BotRunner:
         self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
         self._watchdog_said: str | None = None
         self._running: set[asyncio.Task] = set()
+        self.lost_lease = False
 
     async def _job(self, coro_fn) -> None:
         """Run one job as a tracked task, so a stop can wait for it."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or not self._leading():
             return
         task = asyncio.current_task()
         if task is not None:
@@ -54,14 +55,37 @@ class BotRunner:
             if task is not None:
                 self._running.discard(task)
 
-    async def tick_job(self) -> None:
-        await self._job(self.bot.tick)
-        if self.max_ticks is not None and self.bot.ticks_done >= self.max_ticks:
-            self.scheduler.pause_job("tick")
+    def _leading(self) -> bool:
+        """False once this bot cannot be sure it leads: then it stops (a standby takes over)."""
+        leader = self.bot.leader
+        if leader is None or leader.acting():
+            return True
+        self.lost_lease = True
+        self.stopping.set()
+        return False
+
+    async def lease_job(self) -> None:
+        """The leadership renews in its own task (from the moment it leads); this only notices a loss."""
+        if self.bot.leader.lost.is_set() or not self.bot.leader.acting():
+            self.lost_lease = True
+            self.stopping.set()
+
+    def job_id(self, coin: str) -> str:
+        """`tick` for a single coin (as before), `tick-BTC`, `tick-ETH` for several."""
+        return "tick" if len(self.bot.underlyings) == 1 else f"tick-{coin}"
+
+    async def tick_job(self, coin: str | None = None) -> None:
+        coin = coin or self.bot.underlyings[0]
+        await self._job(lambda: self.bot.tick(coin))
+        if self.max_ticks is not None and self.bot.ticks_by[coin] >= self.max_ticks:
+            self.scheduler.pause_job(self.job_id(coin))
+
+    def _ticks_finished(self) -> bool:
+        return self.max_ticks is not None and all(n >= self.max_ticks for n in self.bot.ticks_by.values())
 
     async def sweep_job(self) -> None:
         await self._job(self.bot.sweep)
-        if self.max_ticks is not None and self.bot.ticks_done >= self.max_ticks and self._nothing_in_flight():
+        if self._ticks_finished() and self._nothing_in_flight():
             log.info("%d ticks done and nothing left to decide: stopping", self.bot.ticks_done)
             self.stopping.set()
 
@@ -69,6 +93,8 @@ class BotRunner:
         return not self.bot.store.proposals_in_status("pending", "approved", "executing")
 
     async def watchdog_job(self) -> None:
+        if not self._leading():
+            return
         problem = self.bot.watchdog_problem()
         if problem and problem != self._watchdog_said:
             await self.bot.core.notify("watchdog", problem)
@@ -87,8 +113,16 @@ class BotRunner:
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
                 pass
         s = self.scheduler
-        s.add_job(self.tick_job, "interval", seconds=self.interval, id="tick", max_instances=1, coalesce=True,
-                  next_run_time=datetime.now(timezone.utc), misfire_grace_time=int(self.interval))
+        if self.bot.leader is not None:
+            s.add_job(self.lease_job, "interval", seconds=min(1.0, self.bot.leader.renew_every), id="lease",
+                      max_instances=1, coalesce=True)
+        # One tick job per coin, staggered across the interval: they share one client and its rate limits.
+        coins = self.bot.underlyings
+        start = datetime.now(timezone.utc)
+        for i, coin in enumerate(coins):
+            s.add_job(self.tick_job, "interval", args=[coin], seconds=self.interval, id=self.job_id(coin),
+                      max_instances=1, coalesce=True, misfire_grace_time=int(self.interval),
+                      next_run_time=start + timedelta(seconds=self.interval * i / len(coins)))
         s.add_job(self.sweep_job, "interval", seconds=SWEEP_EVERY_S, id="sweep", max_instances=1, coalesce=True)
         s.add_job(self.watchdog_job, "interval", seconds=max(min(self.interval, 60.0), 5.0), id="watchdog",
                   max_instances=1, coalesce=True)

@@ -23,3 +23,45 @@ def pytest_collection_modifyitems(config, items):
     # A guard that cannot be forgotten: fail loudly if the loopback-only socket guard is off.
     if not config.getoption("allow_hosts", None):
         raise pytest.UsageError("run the tests with pytest-socket's --allow-hosts (see pyproject.toml)")
+
+
+# --- the two database engines ------------------------------------------------------------------
+
+ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster for the session (skipped where the binaries are missing;
+    .ci/run installs them)."""
+    from tests.pg import Cluster, pg_bindir
+
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
+    cluster = Cluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_target(engine, tmp_path, request):
+    """A factory of fresh, empty databases of the test's engine: a file path or a PostgreSQL URL."""
+    n = iter(range(1, 1000))
+
+    def make() -> str:
+        if engine == "sqlite":
+            return str(tmp_path / "sub" / f"chatops{next(n)}.db")
+        return request.getfixturevalue("pg_cluster").new_database()
+
+    return make
+
+
+@pytest.fixture
+def target(make_target) -> str:
+    return make_target()

@@ -155,7 +155,7 @@ def test_chatops_tick_prints_a_sensible_proposal(tmp_path, monkeypatch, capsys):
     assert main(["tick"]) == 0
     out = capsys.readouterr().out
     assert "[PAPER] tick at" in out and "Proposed (rule): OPEN_COVERED_CALL" in out and "Risk: allowed" in out
-    assert (tmp_path / "data" / "paper_exchange_BTC.json").exists()
+    assert (tmp_path / "data" / "paper_exchange.json").exists()
 
 
 async def test_a_bare_502_before_processing_is_unknown_not_submitted(env):

@@ -110,7 +110,7 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert "received SIGTERM" in err
     with sqlite3.connect(tmp_path / "db.sqlite") as con:
         kinds = [r[0] for r in con.execute("SELECT kind FROM events ORDER BY id")]
-    assert kinds[0] == "bot_started" and kinds[-1] == "bot_stopped"
+    assert kinds[:2] == ["leader_elected", "bot_started"] and kinds[-1] == "bot_stopped"  # the lease first
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path):

@@ -51,6 +51,28 @@ log = logging.getLogger(__name__)
 # --- the exchange ---------------------------------------------------------------------------
 
 
+DEFAULT_STATE_PATH = Path("data") / "paper_exchange.json"
+
+
+def adopt_legacy_state(path: Path, currency: str) -> Path | None:
+    """One state file holds both coins (data/paper_exchange.json). A state from before, written
+    per coin (paper_exchange_BTC.json / _ETH.json next to it), already held both markets: the
+    main coin's file becomes the one state (renamed, so it is adopted once); the other is left
+    where it is and named in a warning."""
+    if path.exists() or path.name != DEFAULT_STATE_PATH.name:
+        return None
+    order = [currency.upper()] + [c for c in ("BTC", "ETH") if c != currency.upper()]
+    found = [path.with_name(f"paper_exchange_{c}.json") for c in order]
+    found = [f for f in found if f.exists()]
+    if not found:
+        return None
+    os.replace(found[0], path)
+    log.warning("paper exchange: adopted %s as the one state %s", found[0], path)
+    for other in found[1:]:
+        log.warning("paper exchange: %s is no longer read (the state is %s); delete it when done", other, path)
+    return found[0]
+
+
 def _given_or_env(value: object, env: str) -> str | None:
     if value is _DEFAULT:
         return os.environ.get(env) or None
@@ -86,7 +108,7 @@ class PaperExchange(AccountMixin, OrdersMixin):
         if self.currency not in currencies:
             raise ValueError(f"currency {currency!r} is not one of {currencies}")
         if state_path is _DEFAULT:
-            state_path = Path("data") / f"paper_exchange_{self.currency}.json"
+            state_path = DEFAULT_STATE_PATH
         self.state_path: Path | None = Path(state_path) if state_path is not None else None  # type: ignore[arg-type]
         # With credentials configured, public/auth checks them; without, any non-empty pair is accepted.
         self.client_id = _given_or_env(client_id, "PAPER_CLIENT_ID")
@@ -112,6 +134,8 @@ class PaperExchange(AccountMixin, OrdersMixin):
 
         if reset and self.state_path is not None and self.state_path.exists():
             self.state_path.unlink()
+        if not reset and self.state_path is not None:
+            adopt_legacy_state(self.state_path, self.currency)
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
         else:

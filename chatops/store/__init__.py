@@ -1,11 +1,16 @@
-"""The one SQLite store: schema, migrations, writes, review queries, audit chain.
+"""The one store, on SQLite or PostgreSQL: schema, migrations, writes, review queries, audit chain.
 
-The package splits the store by job: `common` (vocabulary, row values, helpers), `schema`
-(tables, migrations, the connection), `base` (the lock and the one write path), and one mixin
+The package splits the store by job: `common` (vocabulary, row values, helpers), `db` (the
+engine layer: SQLAlchemy Core over sqlite3 or psycopg 3, and the few places the two differ),
+`schema` (tables, migrations), `base` (the lock and the one write path), and one mixin
 module per kind of record (`events`, `decisions`, `proposals`, `flags`, `questions`, `messages`,
 `review`). `Store` puts them together.
 
-Concurrency. One file in WAL mode, shared by the bot's process (an asyncio loop plus threads) and
+Engines. `Store("data/chatops.db")` or `Store("sqlite:///...")` is an embedded SQLite file;
+`Store("postgresql://user:pass@host:5432/db")` is a PostgreSQL database. Every query below is
+written once; what differs lives in `db.py`.
+
+Concurrency (SQLite; PostgreSQL the same with BEGIN + an advisory lock). One file in WAL mode, shared by the bot's process (an asyncio loop plus threads) and
 short-lived CLI processes (`chatops approve 12`). Every write goes through `Store.write()`:
 an in-process `threading.RLock`, then `BEGIN IMMEDIATE` ... `COMMIT`, so the write lock is taken
 before anything is read and a compare-and-swap can never lose an update (sqlite-utils' `atomic()`
@@ -44,22 +49,26 @@ from .chain import CHAINED_TABLES, Anchor, AuditReport, ChainMixin, Head, chaine
 from .decisions import DecisionsMixin
 from .events import EventsMixin
 from .flags import FlagsMixin
+from .lease import LeaseLostError, LeaseMixin, LeaseState, lease_line, this_holder
 from .messages import MessagesMixin
 from .orders import ClaimResult, OrdersMixin
 from .proposals import ProposalsMixin
 from .questions import QuestionsMixin
 from .review import ReviewMixin
+from .common import StoreUnavailableError
+from .db import Database, redact_url
 from .schema import DECISION_COLUMNS, MIGRATIONS, SCHEMA_VERSION, connect, migrate, schema_version
 
 
 class Store(EventsMixin, DecisionsMixin, ProposalsMixin, FlagsMixin, QuestionsMixin, MessagesMixin, ReviewMixin,
-            OrdersMixin, ChainMixin, StoreBase):
-    """The agent's SQLite file. Safe for one process's threads and asyncio loop plus other
-    processes on the same file; see the package docstring for how."""
+            OrdersMixin, ChainMixin, LeaseMixin, StoreBase):
+    """The agent's database (SQLite file or PostgreSQL). Safe for one process's threads and
+    asyncio loop plus other processes on the same database; see the package docstring for how."""
 
 
 __all__ = [
     "APPEND_ONLY_TABLES", "Anchor", "AuditReport", "CHAINED_TABLES", "ClaimResult", "Head", "chained", "parse_head", "read_anchors", "ChainReport", "DECISION_COLUMNS", "FINAL_STATUSES", "GENESIS_HASH", "LABEL_PREFIX",
+    "Database", "redact_url", "StoreUnavailableError", "LeaseLostError", "LeaseState", "lease_line", "this_holder",
     "MIGRATIONS", "MessageRef", "OutboxItem", "ProposalRow", "REDACTED", "SCHEMA_VERSION", "STATUSES", "Store",
     "StoreBusyError", "TABLES", "TRANSITIONS", "VoteOutcome", "VoteRow", "assert_no_secrets", "canonical",
     "connect", "dumps", "is_secret_key", "iso", "label_for", "migrate", "parse_ref", "parse_ts", "schema_version",

@@ -16,7 +16,8 @@ from typing import Any
 from chatops.redact import redact, redact_value
 
 from .common import DEFAULT_BUSY_TIMEOUT, _ts_param, iso, utc_now
-from .schema import _busy, _busy_error, _immediate, connect, migrate
+from .db import Database
+from .schema import connect, migrate
 
 
 class RedactingConnection:
@@ -25,10 +26,10 @@ class RedactingConnection:
 
     __slots__ = ("_conn",)
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Database) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         if isinstance(params, dict):
             params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
         else:
@@ -43,17 +44,19 @@ class RedactingConnection:
 class StoreBase:
     """Connection, locking and the one write path; the record mixins build on it."""
 
-    def __init__(self, path: str | Path, *, now: Callable[[], datetime] | None = None,
+    def __init__(self, target: str | Path, *, now: Callable[[], datetime] | None = None,
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
-        self.path = str(path)
+        """`target`: a SQLite file path, `sqlite:///path` or `postgresql://user:pass@host:port/db`."""
         self.busy_timeout = busy_timeout
         self._now = now or utc_now
         self._lock = threading.RLock()
         self._depth = 0  # nesting of write() in the thread that holds the lock
         self._writer: int | None = None  # the thread inside write(), which reads its own transaction
-        self._local = threading.local()  # per-thread read connections (WAL: they never wait on a writer)
+        self._local = threading.local()  # per-thread read connections (SQLite WAL: they never wait on a writer)
         self._readers: list[sqlite3.Connection] = []
-        self.db = connect(self.path, busy_timeout)
+        self.fence: Callable[[Database], None] | None = None  # the leader lease's check, run in every write
+        self.db = connect(target, busy_timeout)
+        self.path = self.db.display  # for messages: never the password
         try:
             with self._locked():
                 migrate(self.db, busy_timeout=busy_timeout, now=self._now)
@@ -98,55 +101,52 @@ class StoreBase:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         if not self._lock.acquire(timeout=self.busy_timeout):
-            raise _busy_error(self.path, self.busy_timeout)
+            raise self.db.busy_error()
         try:
             yield
         finally:
             self._lock.release()
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """The one way to write: in-process lock + BEGIN IMMEDIATE ... COMMIT (rolled back on error).
-        Nested use in the same thread becomes a savepoint of the outer transaction. Keep the block
-        short and never `await` inside it (the lock is re-entrant per thread, not per task)."""
+    def write(self, *, fenced: bool = True) -> Iterator[Database]:
+        """The one way to write: in-process lock + one write transaction (BEGIN IMMEDIATE on SQLite,
+        BEGIN + the store's advisory lock on PostgreSQL) ... COMMIT (rolled back on error). A
+        leader's store first runs its lease fence in the same transaction, so a write by a bot
+        whose term is stale is refused by the database. Nested use in the same thread becomes a
+        savepoint of the outer transaction. Keep the block short and never `await` inside it (the
+        lock is re-entrant per thread, not per task)."""
         with self._locked():
-            conn = self.db.conn
+            db = self.db
             if self._depth:
-                # Nested in this thread: a savepoint inside the open transaction.
                 self._depth += 1
-                sp = f"w{self._depth}"
-                conn.execute(f"SAVEPOINT {sp}")
                 try:
-                    yield RedactingConnection(conn)
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute(f"ROLLBACK TO {sp}")
-                        conn.execute(f"RELEASE {sp}")
-                    raise
-                else:
-                    conn.execute(f"RELEASE {sp}")
+                    with db.savepoint(f"w{self._depth}"):
+                        yield RedactingConnection(db)
                 finally:
                     self._depth -= 1
                 return
             self._depth = 1
             self._writer = threading.get_ident()
             try:
-                with _immediate(self.db.conn, self.path, self.busy_timeout):
-                    yield RedactingConnection(self.db.conn)
+                with db.transaction():
+                    if fenced and self.fence is not None:
+                        self.fence(db)
+                    yield RedactingConnection(db)
             finally:
                 self._depth = 0
                 self._writer = None
 
     def _reader(self) -> sqlite3.Connection | None:
-        """This thread's read connection; None inside this thread's own write (it must see its
-        transaction) or for an in-memory database. In WAL mode a reader never waits for a writer,
+        """This thread's read connection to a SQLite file; None inside this thread's own write (it
+        must see its transaction), for an in-memory database and on PostgreSQL. In WAL mode a reader never waits for a writer,
         in this process or another (even one holding BEGIN EXCLUSIVE): a locked database delays
         writes, not the reads that buttons and status answers need."""
-        if self.path == ":memory:" or self._writer == threading.get_ident():
-            return None
+        path = None if self.db.is_pg else (self.db.url.database or ":memory:")
+        if path is None or path == ":memory:" or self._writer == threading.get_ident():
+            return None  # PostgreSQL (MVCC: reads never wait on a writer anyway) or in-memory SQLite
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
@@ -156,16 +156,16 @@ class StoreBase:
 
     def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         reader = self._reader()
-        try:
-            if reader is not None:
-                cur = reader.execute(sql, params)
-                names = [d[0] for d in cur.description or ()]
-                return [dict(zip(names, r)) for r in cur.fetchall()]
+        if reader is None:
             with self._locked():
-                return list(self.db.query(sql, params))
+                return self.db.query(sql, params)
+        try:
+            cur = reader.execute(sql, params)
+            names = [d[0] for d in cur.description or ()]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
         except sqlite3.OperationalError as exc:
-            if _busy(exc):
-                raise _busy_error(self.path, self.busy_timeout) from None
+            if self.db.is_busy(exc):
+                raise self.db.busy_error() from None
             raise
 
     def _row(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
@@ -174,26 +174,25 @@ class StoreBase:
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         reader = self._reader()
-        if reader is not None:
-            row = reader.execute(sql, params).fetchone()
-        else:
+        if reader is None:
             with self._locked():
-                row = self.db.conn.execute(sql, params).fetchone()
+                return self.db.scalar(sql, params)
+        row = reader.execute(sql, params).fetchone()
         return row[0] if row else None
 
     def _insert(self, conn: Any, table: str, row: dict[str, Any], *, or_ignore: bool = False) -> int:
         """INSERT one row (strings redacted); a row of an audit table also joins the audit chain in
         the same transaction (chain.CHAINED_TABLES). With or_ignore, 0 when a constraint ignored it."""
         row = {k: redact_value(v) if isinstance(v, str) else v for k, v in row.items()}
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
-        cur = conn.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
-        if or_ignore and cur.rowcount != 1:
+        rid = conn.insert(table, row, or_ignore=or_ignore)
+        if not rid:
             return 0
-        rid = int(cur.lastrowid)
         self._chain_row(conn, table, rid)  # type: ignore[attr-defined]
         return rid
+
+    def count(self, table: str) -> int:
+        with self._locked():
+            return self.db.count(table)
 
     # --- query helpers --------------------------------------------------------------------
 

@@ -52,6 +52,10 @@ def label_for(proposal_id: int, instance_id: str | None = None) -> str:
     return f"{LABEL_PREFIX}{instance_id}-{proposal_id}" if instance_id else f"{LABEL_PREFIX}{proposal_id}"
 
 
+class StoreUnavailableError(RuntimeError):
+    """The database cannot be reached (a PostgreSQL server down or refusing us); one line, no password."""
+
+
 class StoreBusyError(RuntimeError):
     """The write lock could not be had within the busy timeout (another writer holds it)."""
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from datetime import datetime
 from typing import Any
 
 
 from agent.models import Action, ActionType, Decision, ExecutionResult, RiskResult
 
+from .db import Database
 from .common import _decision_dict, iso, parse_ts, serialize_decision
 from .base import _order
 
@@ -31,7 +31,7 @@ class DecisionsMixin:
                 self._insert_llm_call(conn, default_ts=row["ts"], **fields)
         return decision_id
 
-    def _config_id(self, conn: sqlite3.Connection, config_json: str | None) -> int | None:
+    def _config_id(self, conn: Database, config_json: str | None) -> int | None:
         if config_json is None:
             return None
         digest = hashlib.sha256(config_json.encode()).hexdigest()
@@ -79,7 +79,8 @@ class DecisionsMixin:
             "d.risk_allowed, d.requests, d.credits")
         join = "LEFT JOIN config_snapshots c ON c.id = d.config_id" if full else ""
         o = _order(order)
-        sql = (f"SELECT {cols}, json_extract(COALESCE(d.final_json, d.proposed_json), '$.reasoning') AS reasoning "
+        reasoning = self.db.json_text("COALESCE(d.final_json, d.proposed_json)", "reasoning")
+        sql = (f"SELECT {cols}, {reasoning} AS reasoning "
                f"FROM decisions d {join} {self._where(where)} ORDER BY d.ts {o}, d.id {o} LIMIT ?")
         return [_decision_dict(r, full) for r in self._rows(sql, params + [limit])]
 

@@ -16,12 +16,11 @@ leg, final state) and moves the proposal out of `executing`, all in one transact
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlite_utils import Database
+from .db import Database
 
 from agent.models import ExecutionResult
 from agent.orders import Leg, OrderEvent
@@ -62,16 +61,15 @@ ORDER_TABLES_DDL = [
     "CREATE INDEX idx_order_legs_state ON order_legs(state)",
     "CREATE INDEX idx_order_events_proposal ON order_events(proposal_id)",
     "ALTER TABLE orders ADD COLUMN fee REAL",
-    "CREATE TRIGGER order_events_no_update BEFORE UPDATE ON order_events "
-    "BEGIN SELECT RAISE(ABORT, 'append-only table: order_events'); END",
-    "CREATE TRIGGER order_events_no_delete BEFORE DELETE ON order_events "
-    "BEGIN SELECT RAISE(ABORT, 'append-only table: order_events'); END",
 ]
 
 
 def _m005_order_tracking(db: Database) -> None:
     """order_legs (current state per leg) and order_events (append-only history); orders.fee."""
-    for stmt in ORDER_TABLES_DDL:
+    for stmt in ORDER_TABLES_DDL + db.refuse_trigger("order_events_no_update", "BEFORE UPDATE", "order_events",
+                                                     "append-only table: order_events") \
+            + db.refuse_trigger("order_events_no_delete", "BEFORE DELETE", "order_events",
+                                "append-only table: order_events"):
         db.execute(stmt)
 
 
@@ -87,7 +85,7 @@ class ClaimResult:
         return self.kind == "claimed"
 
 
-def claim_refusal(conn: sqlite3.Connection, proposal_id: int, now: datetime) -> ClaimResult | None:
+def claim_refusal(conn: Database, proposal_id: int, now: datetime) -> ClaimResult | None:
     """The time and switch rules checked at the claim itself, inside its transaction: still
     approved, not expired, not paused. None: go on (the votes are recounted next, by the store's
     `quorum_shortfall`)."""
@@ -127,7 +125,7 @@ class OrdersMixin:
                 self._put_leg(conn, proposal_id, seq, leg)
         return ClaimResult("claimed", reason)
 
-    def _put_leg(self, conn: sqlite3.Connection, proposal_id: int, seq: int, leg: Leg) -> None:
+    def _put_leg(self, conn: Database, proposal_id: int, seq: int, leg: Leg) -> None:
         conn.execute(
             "INSERT INTO order_legs (proposal_id, seq, label, state, instrument, side, amount, order_id, price, "
             "filled_amount, average_price, fee, leg_json, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -194,4 +192,6 @@ class OrdersMixin:
         """A number that changes when another connection commits to the database: a cheap way for
         the running bot to notice a vote from `chatops approve` (SQLite: PRAGMA data_version)."""
         with self._locked():
-            return int(self.db.conn.execute("PRAGMA data_version").fetchone()[0])
+            if self.db.is_pg:  # every audit row (a vote, an event) is an entry of the chain
+                return int(self.db.scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_chain"))
+            return int(self.db.scalar("PRAGMA data_version"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -12,6 +11,7 @@ from agent.models import Action, ActionType, ExecutionResult
 
 from chatops.identity import AUTO_PERSON, identity
 
+from .db import Database
 from .common import ProposalRow, TRANSITIONS, VoteOutcome, VoteRow, _loads, _model_json, _proposal, _status_tuple, _vote, iso, label_for
 from .base import _order
 
@@ -22,7 +22,7 @@ def default_person(channel: str, user: str) -> str:
     return AUTO_PERSON if user == AUTO_PERSON and channel == "auto" else identity(channel, user)
 
 
-def _approving_persons(conn: sqlite3.Connection, proposal_id: int) -> int:
+def _approving_persons(conn: Database, proposal_id: int) -> int:
     return conn.execute("SELECT COUNT(DISTINCT person) FROM votes WHERE proposal_id = ? AND vote = 'approve' "
                         "AND person <> ?", [proposal_id, AUTO_PERSON]).fetchone()[0]
 
@@ -69,7 +69,7 @@ class ProposalsMixin:
             return self._cas(conn, proposal_id, froms, to_status, actor=actor, channel=channel, reason=reason,
                              data=data)
 
-    def _cas(self, conn: sqlite3.Connection, proposal_id: int, froms: tuple[str, ...], to_status: str, *, actor: str,
+    def _cas(self, conn: Database, proposal_id: int, froms: tuple[str, ...], to_status: str, *, actor: str,
              channel: str, reason: str | None, data: Any = None) -> bool:
         old = conn.execute("SELECT status, decision_id FROM proposals WHERE id = ?", [proposal_id]).fetchone()
         if old is None or old[0] not in froms:
@@ -154,7 +154,7 @@ class ProposalsMixin:
         with self.write() as conn:
             return self._insert_vote(conn, proposal_id, str(user), channel, vote, reason, person)
 
-    def _insert_vote(self, conn: sqlite3.Connection, proposal_id: int, user: str, channel: str, vote: str,
+    def _insert_vote(self, conn: Database, proposal_id: int, user: str, channel: str, vote: str,
                      reason: str | None, person: str | None = None) -> bool:
         if vote not in ("approve", "reject"):
             raise ValueError(f"vote must be 'approve' or 'reject', got {vote!r}")
@@ -222,7 +222,7 @@ class ProposalsMixin:
                 return VoteOutcome("approved", proposal_id, "approved", n, required)
             return VoteOutcome("recorded", proposal_id, "pending", n, required)
 
-    def quorum_shortfall(self, conn: sqlite3.Connection, proposal_id: int) -> str | None:
+    def quorum_shortfall(self, conn: Database, proposal_id: int) -> str | None:
         """Recount at the claim: None when the proposal's stored votes meet its own quorum, else why
         not (one line). Votes are counted by distinct person; a reject vetoes."""
         row = conn.execute("SELECT approvals_required, approval_mode FROM proposals WHERE id = ?",

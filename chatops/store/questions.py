@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime
 from typing import Any
 
 
 
+from .db import Database
 from .common import LLM_MODES, _LLM_KEYS, _first, _ts_param, dumps, iso, parse_ref
 
 
@@ -46,7 +46,7 @@ class QuestionsMixin:
                                          tokens_out=tokens_out, latency_ms=latency_ms, cost_usd=cost_usd,
                                          decision_id=decision_id, ts=ts, **extra)
 
-    def _insert_llm_call(self, conn: sqlite3.Connection, *, default_ts: str | None = None, **rec: Any) -> int:
+    def _insert_llm_call(self, conn: Database, *, default_ts: str | None = None, **rec: Any) -> int:
         parsed = _first(rec, "parsed", "parsed_json")
         if isinstance(parsed, str):
             try:
@@ -76,8 +76,9 @@ class QuestionsMixin:
         by_mode {mode: calls}, fallback_decisions (decisions with source llm_fallback)."""
         cutoff = _ts_param(since) or ""
         r = self._row(
-            "SELECT COUNT(*) AS calls, COALESCE(SUM(valid = 0), 0) AS invalid, "
-            "COALESCE(SUM(error IS NOT NULL), 0) AS errors, COALESCE(SUM(valid = 0), 0) AS fallbacks, "
+            "SELECT COUNT(*) AS calls, COALESCE(SUM(CASE WHEN valid = 0 THEN 1 ELSE 0 END), 0) AS invalid, "
+            "COALESCE(SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END), 0) AS errors, "
+            "COALESCE(SUM(CASE WHEN valid = 0 THEN 1 ELSE 0 END), 0) AS fallbacks, "
             "COALESCE(SUM(tokens_in), 0) AS tokens_in, COALESCE(SUM(tokens_out), 0) AS tokens_out, "
             "COALESCE(SUM(cost_usd), 0.0) AS cost_usd, AVG(latency_ms) AS avg_latency_ms, "
             "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, COALESCE(SUM(cached_tokens), 0) AS cached_tokens "

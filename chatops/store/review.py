@@ -17,6 +17,9 @@ from .base import _order
 
 
 
+_ROW_KEY = {"flags": "key"}  # every other exported table has an integer `id`
+
+
 class ReviewMixin:
     def proposal_story(self, proposal_id: int) -> dict[str, Any] | None:
         """Everything about one proposal: proposal (with `action` parsed as `action_obj`), decision,
@@ -48,24 +51,24 @@ class ReviewMixin:
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r} (one of {', '.join(TABLES)})")
         with self._locked():
-            columns = set(self.db[table].columns_dict)
+            columns = set(self.db.columns(table))
         bad = [c for c in equals if c not in columns]
         if bad:
             raise ValueError(f"{table} has no column {', '.join(bad)}")
         where, params = self._time_filter(_TS_COLUMN[table], since, until)
         for col, value in equals.items():
-            where.append(f"{col} = ?")
+            where.append(f'"{col}" = ?')
             params.append(value)
         o = _order(order)
         cmp = ">" if o == "ASC" else "<"
-        last: int | None = None
+        key = _ROW_KEY.get(table, "id")  # keyset pagination on the primary key (no rowid on PostgreSQL)
+        last: Any = None
         while True:
-            w = list(where) + ([f"rowid {cmp} ?"] if last is not None else [])
+            w = list(where) + ([f"{key} {cmp} ?"] if last is not None else [])
             p = list(params) + ([last] if last is not None else [])
-            rows = self._rows(f"SELECT rowid AS _rowid, * FROM {table} {self._where(w)} ORDER BY rowid {o} LIMIT ?",
-                              p + [batch_size])
+            rows = self._rows(f"SELECT * FROM {table} {self._where(w)} ORDER BY {key} {o} LIMIT ?", p + [batch_size])
             for r in rows:
-                last = r.pop("_rowid")
+                last = r[key]
                 yield r
             if len(rows) < batch_size:
                 return
@@ -95,8 +98,9 @@ class ReviewMixin:
             leg = f"{r['roll_from']} -> " if r["roll_from"] else ""
             fills.append(f"{at:%m-%d %H:%M}Z {r['action'].split('_')[0]} {leg}{r['symbol']} {r['size']:g}"
                          + (f": {' '.join(str(r['status_reason']).split())[:100]}" if r["status_reason"] else ""))
+        reasoning = self.db.json_text("COALESCE(final_json, proposed_json)", "reasoning")
         d = self._row("SELECT ts, final_action, final_symbol, decision_source, "
-                      "json_extract(COALESCE(final_json, proposed_json), '$.reasoning') AS reasoning "
+                      f"{reasoning} AS reasoning "
                       "FROM decisions WHERE underlying = ? AND ts <= ? ORDER BY ts DESC, id DESC LIMIT 1",
                       [underlying, cutoff])
         previous = None
@@ -141,8 +145,9 @@ class ReviewMixin:
         cache = self.__dict__.setdefault("_rv_cache", {})
         if key in cache:
             return cache[key]
+        spot = self.db.json_number("d.state_json", "spot")
         rows = self._rows(
-            "SELECT d.ts, json_extract(d.state_json, '$.spot') AS spot FROM decisions d JOIN ("
+            f"SELECT d.ts, {spot} AS spot FROM decisions d JOIN ("
             "SELECT MAX(id) AS id FROM decisions WHERE underlying = ? AND ts >= ? AND ts <= ? "
             "GROUP BY substr(ts, 1, 13)) h ON d.id = h.id ORDER BY d.ts",
             [underlying, iso(end - timedelta(days=30)), iso(end)])

@@ -1,18 +1,13 @@
-"""Schema and migrations (SQLite), the connection and BEGIN IMMEDIATE."""
+"""Schema and migrations, written once for SQLite and PostgreSQL (see `db.py` for what differs)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 
-from sqlite_utils import Database
-
-
-from .common import (V1_APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, PAGE_SIZE, STATUSES, TRANSITIONS, StoreBusyError, iso,
-                     utc_now)
+from .common import DEFAULT_BUSY_TIMEOUT, STATUSES, TRANSITIONS, V1_APPEND_ONLY_TABLES, iso, utc_now
+from .db import Database, connect
+from .lease import lease_migration
 
 
 
@@ -23,20 +18,26 @@ DECISION_COLUMNS = ("ts", "underlying", "decision_source", "proposed_action", "f
 
 # --- schema and migrations --------------------------------------------------------------------
 #
-# sqlite-utils 4.2 ships `sqlite_utils.migrations.Migrations`, but it works out what is pending
-# outside the transaction and applies under a deferred BEGIN, so two processes opening a fresh
-# file at once could both run migration 1. Ours: an ordered list of functions, a `_migrations`
-# table (version, name, applied_at) mirrored in PRAGMA user_version; each migration runs once,
-# in order, inside BEGIN IMMEDIATE, and re-checks the version after taking the write lock.
+# An ordered list of functions, a `_migrations` table (version, name, applied_at), on SQLite
+# mirrored in PRAGMA user_version; each migration runs once, in order, inside the write
+# transaction (BEGIN IMMEDIATE, or BEGIN + the advisory lock on PostgreSQL, whose DDL is
+# transactional too), and re-checks the version after taking the write lock, so two processes
+# opening a fresh database at once never both run migration 1.
 
 
-def _append_only_triggers(table: str) -> list[str]:
-    return [
-        f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, 'append-only table: {table}'); END",
-        f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, 'append-only table: {table}'); END",
-    ]
+def _append_only_triggers(db: Database, table: str) -> list[str]:
+    return (db.refuse_trigger(f"{table}_no_update", "BEFORE UPDATE", table, f"append-only table: {table}")
+            + db.refuse_trigger(f"{table}_no_delete", "BEFORE DELETE", table, f"append-only table: {table}"))
+
+
+def _proposal_triggers(db: Database) -> list[str]:
+    return (db.refuse_trigger("proposals_no_delete", "BEFORE DELETE", "proposals", "proposals are never deleted")
+            + db.refuse_trigger("proposals_immutable", "BEFORE UPDATE OF id, decision_id, created_at, expires_at, "
+                                "underlying, action, symbol, roll_from, size, approvals_required, action_json",
+                                "proposals", "proposal content is immutable: only its status changes")
+            + db.refuse_trigger("proposals_label_once", "BEFORE UPDATE OF label", "proposals",
+                                "a proposal label is set once",
+                                when="OLD.label IS NOT NULL AND (NEW.label IS NULL OR NEW.label <> OLD.label)"))
 
 
 _STATUS_CHECK = ", ".join(f"'{s}'" for s in STATUSES)
@@ -84,23 +85,15 @@ _V1_CORE = [
         decided_at TEXT,
         updated_at TEXT NOT NULL,
         action_json TEXT NOT NULL)""",
-    "CREATE TRIGGER proposals_no_delete BEFORE DELETE ON proposals "
-    "BEGIN SELECT RAISE(ABORT, 'proposals are never deleted'); END",
-    "CREATE TRIGGER proposals_immutable BEFORE UPDATE OF id, decision_id, created_at, expires_at, underlying, "
-    "action, symbol, roll_from, size, approvals_required, action_json ON proposals "
-    "BEGIN SELECT RAISE(ABORT, 'proposal content is immutable: only its status changes'); END",
-    "CREATE TRIGGER proposals_label_once BEFORE UPDATE OF label ON proposals "
-    "WHEN OLD.label IS NOT NULL AND NEW.label IS NOT OLD.label "
-    "BEGIN SELECT RAISE(ABORT, 'a proposal label is set once'); END",
     """CREATE TABLE votes (
         id INTEGER PRIMARY KEY,
         proposal_id INTEGER NOT NULL REFERENCES proposals(id),
-        user TEXT NOT NULL,
+        "user" TEXT NOT NULL,
         channel TEXT NOT NULL,
         vote TEXT NOT NULL CHECK (vote IN ('approve', 'reject')),
         reason TEXT,
         ts TEXT NOT NULL,
-        UNIQUE (proposal_id, user))""",
+        UNIQUE (proposal_id, "user"))""",
     # No foreign keys on events: the log may name ids that do not exist (a vote on #999).
     """CREATE TABLE events (
         id INTEGER PRIMARY KEY,
@@ -145,7 +138,7 @@ _V1_CORE = [
     """CREATE TABLE questions (
         id INTEGER PRIMARY KEY,
         ts TEXT NOT NULL,
-        user TEXT NOT NULL,
+        "user" TEXT NOT NULL,
         channel TEXT NOT NULL,
         kind TEXT NOT NULL CHECK (kind IN ('why', 'ask', 'whatif')),
         text TEXT NOT NULL,
@@ -212,7 +205,7 @@ _V1_CORE = [
                COALESCE(d.final_json, d.proposed_json) AS final_json, d.execution_json, d.shadow_json,
                d.timings_json, c.config_json
         FROM decisions d LEFT JOIN config_snapshots c ON c.id = d.config_id""",
-] + [t for table in V1_APPEND_ONLY_TABLES for t in _append_only_triggers(table)]
+]
 
 _V2_REVIEW_INDEXES = [
     "CREATE INDEX idx_decisions_ts ON decisions(ts)",
@@ -241,8 +234,11 @@ _V2_REVIEW_INDEXES = [
 
 def _m001_core(db: Database) -> None:
     """Tables, the decisions_full view and the append-only triggers."""
-    for stmt in _V1_CORE:
+    for stmt in db.trigger_support() + _V1_CORE + _proposal_triggers(db):
         db.execute(stmt)
+    for table in V1_APPEND_ONLY_TABLES:
+        for stmt in _append_only_triggers(db, table):
+            db.execute(stmt)
 
 
 def _m002_review_indexes(db: Database) -> None:
@@ -257,13 +253,14 @@ def _m003_llm_token_details(db: Database) -> None:
     db.execute("ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER")
 
 
-def state_machine_trigger() -> str:
+def state_machine_trigger(db: Database) -> list[str]:
     """The trigger that refuses a status change that is not an edge of TRANSITIONS. A migration
     that adds an edge drops `proposals_state_machine` and re-creates it with this."""
     edges = ", ".join(f"'{a}>{b}'" for a, tos in sorted(TRANSITIONS.items()) for b in sorted(tos))
-    return ("CREATE TRIGGER proposals_state_machine BEFORE UPDATE OF status ON proposals "
-            f"WHEN NEW.status IS NOT OLD.status AND (OLD.status || '>' || NEW.status) NOT IN ({edges}) "
-            "BEGIN SELECT RAISE(ABORT, 'illegal proposal transition: not an edge of the state machine'); END")
+    return db.refuse_trigger("proposals_state_machine", "BEFORE UPDATE OF status", "proposals",
+                             "illegal proposal transition: not an edge of the state machine",
+                             when=f"NEW.status IS DISTINCT FROM OLD.status AND (OLD.status || '>' || NEW.status) "
+                                  f"NOT IN ({edges})")
 
 
 # Quorum belongs to the proposal: approved (and executing) only with approvals_required distinct
@@ -274,54 +271,57 @@ QUORUM_SQL = (
     "AND person <> 'auto') >= {p}.approvals_required OR ({p}.approval_mode = 'auto' AND EXISTS (SELECT 1 FROM votes "
     "WHERE proposal_id = {p}.id AND vote = 'approve' AND person = 'auto')))")
 
-_V4_AUTHORITY = [
-    """CREATE TABLE audit_chain (
-        seq INTEGER PRIMARY KEY,
-        tbl TEXT NOT NULL,
-        row_id INTEGER NOT NULL,
-        row_hash TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        UNIQUE (tbl, row_id))""",
-    *_append_only_triggers("audit_chain"),
-    # votes: one per PERSON (a person with identities on several channels counts once); rebuilt
-    # because the old UNIQUE (proposal_id, user) made console 42 collide with telegram 42.
-    "DROP TRIGGER votes_no_update",
-    "DROP TRIGGER votes_no_delete",
-    """CREATE TABLE votes_v4 (
-        id INTEGER PRIMARY KEY,
-        proposal_id INTEGER NOT NULL REFERENCES proposals(id),
-        user TEXT NOT NULL,
-        channel TEXT NOT NULL,
-        vote TEXT NOT NULL CHECK (vote IN ('approve', 'reject')),
-        reason TEXT,
-        ts TEXT NOT NULL,
-        person TEXT NOT NULL,
-        UNIQUE (proposal_id, person))""",
-    "INSERT INTO votes_v4 (id, proposal_id, user, channel, vote, reason, ts, person) "
-    "SELECT id, proposal_id, user, channel, vote, reason, ts, CASE WHEN user = 'auto' THEN 'auto' "
-    "WHEN channel IN ('cli', 'terminal') THEN 'console:' || user ELSE channel || ':' || user END FROM votes",
-    "DROP TABLE votes",
-    "ALTER TABLE votes_v4 RENAME TO votes",
-    *_append_only_triggers("votes"),
-    "CREATE TRIGGER votes_only_pending BEFORE INSERT ON votes "
-    "WHEN (SELECT status FROM proposals WHERE id = NEW.proposal_id) IS NOT 'pending' "
-    "BEGIN SELECT RAISE(ABORT, 'a vote is only taken on a pending proposal'); END",
-    # proposals: the mode they were made in (whether `auto` may approve them) is part of them.
-    "ALTER TABLE proposals ADD COLUMN approval_mode TEXT NOT NULL DEFAULT 'manual' "
-    "CHECK (approval_mode IN ('manual', 'auto'))",
-    "DROP TRIGGER proposals_immutable",
-    "CREATE TRIGGER proposals_immutable BEFORE UPDATE OF id, decision_id, created_at, expires_at, underlying, "
-    "action, symbol, roll_from, size, approvals_required, approval_mode, action_json ON proposals "
-    "BEGIN SELECT RAISE(ABORT, 'proposal content is immutable: only its status changes'); END",
-    "CREATE TRIGGER proposals_born_pending BEFORE INSERT ON proposals WHEN NEW.status IS NOT 'pending' "
-    "BEGIN SELECT RAISE(ABORT, 'a proposal starts pending'); END",
-    state_machine_trigger(),
-    "CREATE TRIGGER proposals_quorum BEFORE UPDATE OF status ON proposals "
-    "WHEN NEW.status IN ('approved', 'executing') AND NEW.status IS NOT OLD.status AND NOT ("
-    + QUORUM_SQL.format(p="NEW") + ") "
-    "BEGIN SELECT RAISE(ABORT, 'quorum not met: not enough distinct approving persons for this proposal'); END",
-]
+
+def _v4_authority(db: Database) -> list[str]:
+    return [
+        """CREATE TABLE audit_chain (
+            seq INTEGER PRIMARY KEY,
+            tbl TEXT NOT NULL,
+            row_id INTEGER NOT NULL,
+            row_hash TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            UNIQUE (tbl, row_id))""",
+        *_append_only_triggers(db, "audit_chain"),
+        # votes: one per PERSON (a person with identities on several channels counts once); rebuilt
+        # because the old UNIQUE (proposal_id, user) made console 42 collide with telegram 42.
+        *db.drop_trigger("votes_no_update", "votes"),
+        *db.drop_trigger("votes_no_delete", "votes"),
+        """CREATE TABLE votes_v4 (
+            id INTEGER PRIMARY KEY,
+            proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+            "user" TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            vote TEXT NOT NULL CHECK (vote IN ('approve', 'reject')),
+            reason TEXT,
+            ts TEXT NOT NULL,
+            person TEXT NOT NULL,
+            UNIQUE (proposal_id, person))""",
+        'INSERT INTO votes_v4 (id, proposal_id, "user", channel, vote, reason, ts, person) '
+        """SELECT id, proposal_id, "user", channel, vote, reason, ts, CASE WHEN "user" = 'auto' THEN 'auto' """
+        """WHEN channel IN ('cli', 'terminal') THEN 'console:' || "user" ELSE channel || ':' || "user" END FROM votes""",
+        "DROP TABLE votes",
+        "ALTER TABLE votes_v4 RENAME TO votes",
+        *(["SELECT setval(pg_get_serial_sequence('votes', 'id'), COALESCE((SELECT MAX(id) FROM votes), 0) + 1, false)"]
+          if db.is_pg else []),
+        *_append_only_triggers(db, "votes"),
+        *db.refuse_trigger("votes_only_pending", "BEFORE INSERT", "votes", "a vote is only taken on a pending proposal",
+                           when="(SELECT status FROM proposals WHERE id = NEW.proposal_id) IS DISTINCT FROM 'pending'"),
+        # proposals: the mode they were made in (whether `auto` may approve them) is part of them.
+        "ALTER TABLE proposals ADD COLUMN approval_mode TEXT NOT NULL DEFAULT 'manual' "
+        "CHECK (approval_mode IN ('manual', 'auto'))",
+        *db.drop_trigger("proposals_immutable", "proposals"),
+        *db.refuse_trigger("proposals_immutable", "BEFORE UPDATE OF id, decision_id, created_at, expires_at, underlying, "
+                           "action, symbol, roll_from, size, approvals_required, approval_mode, action_json", "proposals",
+                           "proposal content is immutable: only its status changes"),
+        *db.refuse_trigger("proposals_born_pending", "BEFORE INSERT", "proposals", "a proposal starts pending",
+                           when="NEW.status IS DISTINCT FROM 'pending'"),
+        *state_machine_trigger(db),
+        *db.refuse_trigger("proposals_quorum", "BEFORE UPDATE OF status", "proposals",
+                           "quorum not met: not enough distinct approving persons for this proposal",
+                           when="NEW.status IN ('approved', 'executing') AND NEW.status IS DISTINCT FROM OLD.status "
+                                "AND NOT (" + QUORUM_SQL.format(p="NEW") + ")"),
+    ]
 
 
 def _m004_authority(db: Database) -> None:
@@ -329,11 +329,11 @@ def _m004_authority(db: Database) -> None:
     the audit chain over every audit table (existing rows chained, events first)."""
     from .chain import CHAINED_TABLES, chain_backfill
 
-    for stmt in _V4_AUTHORITY:
+    for stmt in _v4_authority(db):
         db.execute(stmt)
     for table in CHAINED_TABLES:
-        if db[table].exists():
-            chain_backfill(db.conn, table)
+        if db.has_table(table):
+            chain_backfill(db, table)
 
 
 from .orders import _m005_order_tracking  # noqa: E402  (its DDL lives with its records)
@@ -345,100 +345,44 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("llm_token_details", _m003_llm_token_details),
     ("authority", _m004_authority),
     ("order_tracking", _m005_order_tracking),
+    ("leader_lease", lease_migration),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _busy(exc: BaseException) -> bool:
-    msg = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
-
-
-def _busy_error(path: str, timeout: float) -> StoreBusyError:
-    return StoreBusyError(f"database is locked: another writer held {path} for more than {timeout:g} s; "
-                          f"retry in a moment, or stop the process that holds it")
-
-
-@contextmanager
-def _immediate(conn: sqlite3.Connection, path: str, timeout: float) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection (ROLLBACK on any error)."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if _busy(exc):
-            raise _busy_error(path, timeout) from None
-        raise
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if _busy(exc):
-            raise _busy_error(path, timeout) from None
-        raise
-
-
 def schema_version(db: Database) -> int:
-    if not db["_migrations"].exists():
+    if not db.has_table("_migrations"):
         return 0
-    row = db.execute("SELECT MAX(version) FROM _migrations").fetchone()
-    return row[0] or 0
+    return db.scalar("SELECT MAX(version) FROM _migrations") or 0
 
 
 def migrate(db: Database, migrations: Sequence[Migration] = MIGRATIONS, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
             now: Callable[[], datetime] = utc_now) -> list[int]:
-    """Apply the pending migrations in order, each once, each in its own BEGIN IMMEDIATE
-    transaction together with its `_migrations` row. Returns the versions applied now.
-    `db` must wrap an autocommit connection (isolation_level=None), as `Store` opens it."""
-    conn = db.conn
-    path = _db_path(db)
-    with _immediate(conn, path, busy_timeout):
-        db.execute("CREATE TABLE IF NOT EXISTS _migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                   "applied_at TEXT NOT NULL)")
+    """Apply the pending migrations in order, each once, each in its own write transaction
+    together with its `_migrations` row. Returns the versions applied now."""
+    if not db.has_table("_migrations"):
+        with db.transaction():
+            db.execute("CREATE TABLE IF NOT EXISTS _migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                       "applied_at TEXT NOT NULL)")
     applied = []
     current = schema_version(db)
     if current > len(migrations) and migrations is MIGRATIONS:
         raise RuntimeError(f"database schema v{current} is newer than this code (v{len(migrations)}): "
-                           f"upgrade the code before opening {path}")
+                           f"upgrade the code before opening {db.display}")
     for version, (name, fn) in enumerate(migrations, start=1):
         if version <= current:
             continue
-        with _immediate(conn, path, busy_timeout):
+        with db.transaction():
             # Re-check under the write lock: another process may have applied it meanwhile.
             if schema_version(db) >= version:
                 continue
             fn(db)
             db.execute("INSERT INTO _migrations (version, name, applied_at) VALUES (?, ?, ?)",
                        [version, name, iso(now())])
-            db.execute(f"PRAGMA user_version = {version}")
+            if not db.is_pg:
+                db.execute(f"PRAGMA user_version = {version}")
         applied.append(version)
     return applied
 
 
-def _db_path(db: Database) -> str:
-    row = db.conn.execute("PRAGMA database_list").fetchone()
-    return (row[2] if row and row[2] else ":memory:")
-
-
-def connect(path: str | Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
-    """An autocommit connection wrapped by sqlite-utils: WAL, busy_timeout, foreign keys on."""
-    path = str(path)
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    # Decision rows are ~1.6 KB: 4 KB pages hold only two of them and waste a fifth of the
-    # file. Takes effect only on a new, empty file (before the first write and the WAL switch).
-    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-    db = Database(conn, execute_plugins=False)
-    if path != ":memory:":
-        db.enable_wal()
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = FULL")  # an approval that was answered "ok" survives a power cut
-    return db
+__all__ = ["DECISION_COLUMNS", "MIGRATIONS", "SCHEMA_VERSION", "Database", "connect", "migrate", "schema_version"]

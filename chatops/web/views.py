@@ -139,9 +139,23 @@ def watchdog(ctx: Context) -> str | None:
     return None
 
 
+def _coins(ctx: Context, now) -> list[dict[str, Any]]:
+    """UNDERLYING=BTC,ETH: a row per coin from its last tick (pause, action, equity, pending)."""
+    out = []
+    for coin in ctx.settings.underlyings:
+        last = ctx.store.last_decision(underlying=coin)
+        st = (last or {}).get("state") or {}
+        out.append({"underlying": coin, "paused": ctx.store.get_flag(f"paused:{coin}", "0") == "1",
+                    "last": {"id": last["id"], "age_s": round((now - parse_ts(last["ts"])).total_seconds(), 1),
+                             "action": last["final_action"], "symbol": last.get("final_symbol")} if last else None,
+                    "equity": st.get("eq"), "spot": st.get("spot"), "positions": len(st.get("pos") or []),
+                    "pending": [r.id for r in ctx.store.pending_proposals(coin)]})
+    return out
+
+
 async def overview(ctx: Context) -> dict[str, Any]:
     s, store = ctx.settings, ctx.store
-    last = store.last_decision()
+    last = store.last_decision(underlying=s.underlying)  # the account below is this coin's
     now = ctx.now()
     tick: dict[str, Any] = {"last": None, "next": None}
     account: dict[str, Any] | None = None
@@ -175,6 +189,7 @@ async def overview(ctx: Context) -> dict[str, Any]:
         "account": account,
         "live_error": live.get("error") if live else None,
         "pending": [r.id for r in pend],
+        "coins": _coins(ctx, now) if len(s.underlyings) > 1 else [],
         "watchdog": watchdog(ctx),
         "served_by": "chatops web (read-only, from the database)" if ctx.read_only else "chatops run",
         "now": now.isoformat(),
