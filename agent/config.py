@@ -136,25 +136,25 @@ class Settings(BaseSettings):
     reject_cooldown_min: float = Field(60.0, ge=0, le=10_080)  # a rejected action is not proposed again for this long
 
     # Sizing and risk
-    default_order_size: float = Field(0.1, gt=0, le=10_000)  # default by underlying: 0.1 BTC, 1 ETH
+    default_order_size: float = Field(0.1, gt=0, le=10_000)  # per coin: DEFAULT_ORDER_SIZE_<COIN>; ETH defaults to 1
     max_margin_used_pct: float = Field(50.0, gt=0, le=100)
     max_net_delta_abs: float = Field(1.0, ge=0, le=100_000)
     max_expiry_exposure: float = Field(0.5, ge=0, le=100_000)
     max_state_age_sec: float = Field(30.0, gt=0, le=3600)
     max_slippage_pct: float = Field(10.0, ge=0, le=100)  # BTC option spreads are wide: 1 tick of 0.0005 is ~4 % of a 0.012 premium
     # Per coin (PER_COIN): NAME_BTC / NAME_ETH override NAME for that coin; None: NAME (or COIN_DEFAULTS)
-    default_order_size_btc: float | None = Field(None, gt=0)
-    default_order_size_eth: float | None = Field(None, gt=0)
-    max_expiry_exposure_btc: float | None = Field(None, ge=0)
-    max_expiry_exposure_eth: float | None = Field(None, ge=0)
-    max_net_delta_abs_btc: float | None = Field(None, ge=0)
-    max_net_delta_abs_eth: float | None = Field(None, ge=0)
-    auto_approve_max_size_btc: float | None = Field(None, gt=0)
-    auto_approve_max_size_eth: float | None = Field(None, gt=0)
-    min_premium_btc: float | None = Field(None, ge=0)
-    min_premium_eth: float | None = Field(None, ge=0)
-    min_open_interest_btc: float | None = Field(None, ge=0)
-    min_open_interest_eth: float | None = Field(None, ge=0)
+    default_order_size_btc: float | None = Field(None, gt=0, le=10_000)
+    default_order_size_eth: float | None = Field(None, gt=0, le=10_000)
+    max_expiry_exposure_btc: float | None = Field(None, ge=0, le=100_000)
+    max_expiry_exposure_eth: float | None = Field(None, ge=0, le=100_000)
+    max_net_delta_abs_btc: float | None = Field(None, ge=0, le=100_000)
+    max_net_delta_abs_eth: float | None = Field(None, ge=0, le=100_000)
+    auto_approve_max_size_btc: float | None = Field(None, gt=0, le=10_000)
+    auto_approve_max_size_eth: float | None = Field(None, gt=0, le=10_000)
+    min_premium_btc: float | None = Field(None, ge=0, le=1)
+    min_premium_eth: float | None = Field(None, ge=0, le=1)
+    min_open_interest_btc: float | None = Field(None, ge=0, le=1_000_000_000)
+    min_open_interest_eth: float | None = Field(None, ge=0, le=1_000_000_000)
 
     # Working orders (agent/orders.py): start at the mid, step toward the touch every
     # ORDER_REPRICE_SEC, cancel what still rests after ORDER_TIMEOUT_SEC. A send whose answer was

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from agent.clock import to_datetime
-from agent.config import DEFAULT_ORDER_SIZE, ConfigError, Settings
+from agent.config import ConfigError, Settings
 from agent.deribit.errors import DeribitError
 from agent.exchange import Exchange, open_exchange
 from agent.models import ActionType, Decision
@@ -109,7 +109,6 @@ class Bot:
         if self.leader is not None:  # stand by until this bot leads; only then reconcile and start channels
             await self.leader.wait_until_leader()
         self.approvals.check_startup()
-        await self._check_order_size()
         await self._check_network()
         # Before anything else: settle what a crash left in flight.
         reconciled = await self.executor.reconcile()
@@ -135,22 +134,6 @@ class Bot:
         self.core.paused_seen = self.approvals.is_paused()
         if self.approvals.is_paused():
             await self.core.notify("pause", "Started PAUSED (kill switch on from before): `resume` to let it trade.")
-
-    async def _check_order_size(self) -> None:
-        """DEFAULT_ORDER_SIZE under the options' minimum would never trade: stop here, in one line."""
-        s = self.settings
-        try:
-            options = [i for i in await self.exchange.client.get_instruments(s.underlying) if i.kind == "option"]
-        except DeribitError as exc:  # the exchange is down: the ticks will say so; do not refuse to start
-            log.warning("could not check DEFAULT_ORDER_SIZE against the instruments: %s", exc)
-            return
-        if not options:
-            return
-        minimum = min(i.min_trade_amount for i in options)
-        if s.default_order_size + 1e-12 < minimum:
-            raise ConfigError(f"config error: DEFAULT_ORDER_SIZE={s.default_order_size:g} is not allowed: under the "
-                              f"{s.underlying} option minimum of {minimum:g} (allowed: {minimum:g} <= x, in steps of "
-                              f"{minimum:g}; the default is {DEFAULT_ORDER_SIZE.get(s.underlying, minimum):g})")
 
     def banner(self, next_tick=None) -> str:
         s = self.settings

@@ -53,16 +53,17 @@ def test_out_of_range_names_the_range():
 
 
 def test_the_default_order_size_follows_the_underlying():
-    assert load_settings(env_file=None).default_order_size == 0.1
-    assert load_settings(env_file=None, underlying="ETH").default_order_size == 1.0
-    assert load_settings(env_file=None, underlying="eth", default_order_size=3).default_order_size == 3
+    # What a coin trades with is its own view of the settings (one mechanism for one coin or two).
+    assert load_settings(env_file=None).for_underlying("BTC").default_order_size == 0.1
+    assert load_settings(env_file=None, underlying="ETH").for_underlying("ETH").default_order_size == 1.0
+    assert load_settings(env_file=None, underlying="eth", default_order_size=3).for_underlying("ETH").default_order_size == 3
 
 
 async def test_a_size_under_the_instrument_minimum_stops_start_up(tmp_path):
     b = make_bot(tmp_path, underlying="ETH", default_order_size=0.1)
     with pytest.raises(ConfigError) as err:
         await b.start()
-    assert "DEFAULT_ORDER_SIZE=0.1 is not allowed: under the ETH option minimum of 1" in str(err.value)
+    assert "DEFAULT_ORDER_SIZE=0.1 is below the ETH minimum trade of 1 ETH" in str(err.value)
     assert "\n" not in str(err.value)
     await b.exchange.aclose()
     b.store.close()
@@ -95,4 +96,4 @@ def test_interval_gets_the_same_check_and_one_line_as_loop_interval_sec(tmp_path
 def test_eth_with_a_too_small_size_refuses_to_run_in_one_line(tmp_path):
     done = run_cli(tmp_path, "run", "--ticks", "1", UNDERLYING="ETH", DEFAULT_ORDER_SIZE="0.1")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "under the ETH option minimum of 1" in done.stderr
+    assert "is below the ETH minimum trade of 1 ETH" in done.stderr
