@@ -47,9 +47,10 @@ class MessagesMixin:
     def due_outbox(self, channel: str, now: datetime | None = None, limit: int = 100) -> list[OutboxItem]:
         """Undelivered messages of `channel` whose retry time has come (filtered before the limit),
         cards and alerts first, then oldest first (send in this order)."""
+        priority = self.db.json_number("payload_json", "_priority")
         return [_outbox(r) for r in self._rows(
             "SELECT * FROM outbox WHERE channel = ? AND delivered_at IS NULL AND next_attempt_at <= ? "
-            "ORDER BY COALESCE(json_extract(payload_json, '$._priority'), 2), id LIMIT ?",
+            f"ORDER BY COALESCE({priority}, 2), id LIMIT ?",
             [channel, iso(now or self._now()), limit])]
 
     def give_up_outbox(self, outbox_id: int, error: str) -> None:
