@@ -31,6 +31,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "min_annual_yield_pct": 15.0,
         "max_spread_pct": 10.0,
         "min_open_interest": 50.0,
+        "roll_min_dte": 5.0,
+        "roll_max_dte": 21.0,
+        "roll_target_delta": 0.25,
+        "roll_max_delta": 0.30,
     },
     "research": {
         "min_dte": 1.0,
@@ -44,6 +48,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "min_annual_yield_pct": 5.0,
         "max_spread_pct": 25.0,
         "min_open_interest": 0.0,
+        "roll_min_dte": 1.0,
+        "roll_max_dte": 30.0,
+        "roll_target_delta": 0.25,
+        "roll_max_delta": 0.45,
     },
 }
 
@@ -53,12 +61,12 @@ COINS = ("BTC", "ETH")
 # Deribit's minimum option trade per coin (and the size step): an order size must be a multiple.
 MIN_TRADE = {"BTC": 0.1, "ETH": 1.0}
 # Settings a coin may override with NAME_<COIN> (DEFAULT_ORDER_SIZE_ETH=2): `Settings.for_underlying`.
-PER_COIN = ("default_order_size", "max_expiry_exposure", "max_net_delta_abs", "auto_approve_max_size",
+PER_COIN = ("default_order_size", "max_expiry_exposure", "max_options_delta_abs", "max_net_delta_abs", "auto_approve_max_size",
             "min_premium", "min_open_interest")
 # A coin's own default where the plain default does not fit it (ETH trades in whole coins). Used
 # when neither NAME_<COIN> nor the plain NAME is set.
 COIN_DEFAULTS: dict[str, dict[str, float]] = {
-    "ETH": {"default_order_size": 1.0, "max_expiry_exposure": 5.0, "max_net_delta_abs": 10.0},
+    "ETH": {"default_order_size": 1.0, "max_expiry_exposure": 5.0, "max_options_delta_abs": 10.0},
 }
 
 
@@ -130,7 +138,12 @@ class Settings(BaseSettings):
     expire_max_delta: float = Field(0.05, ge=0, lt=1)
     roll_trigger_delta: float = Field(0.50, gt=0, lt=1)
     roll_trigger_spot_pct: float = Field(98.0, gt=0, le=1000)
-    roll_max_delta: float = Field(0.30, gt=0, lt=1)
+    # Where a roll may go, searched over the whole chain (None: from the profile)
+    roll_min_dte: float | None = Field(None, ge=0, le=3650)
+    roll_max_dte: float | None = Field(None, gt=0, le=3650)
+    roll_target_delta: float | None = Field(None, gt=0, lt=1)
+    roll_max_delta: float | None = Field(None, gt=0, lt=1)
+    deep_itm_delta: float = Field(0.80, gt=0, le=1)  # a short this deep with no credit roll: told once in chat
     max_rolls: int = Field(3, ge=0, le=100)
     hysteresis_min: float = Field(60.0, ge=0, le=10_080)
     reject_cooldown_min: float = Field(60.0, ge=0, le=10_080)  # a rejected action is not proposed again for this long
@@ -138,7 +151,10 @@ class Settings(BaseSettings):
     # Sizing and risk
     default_order_size: float = Field(0.1, gt=0, le=10_000)  # per coin: DEFAULT_ORDER_SIZE_<COIN>; ETH defaults to 1
     max_margin_used_pct: float = Field(50.0, gt=0, le=100)
-    max_net_delta_abs: float = Field(1.0, ge=0, le=100_000)
+    # Deltas are premium-adjusted, as Deribit's options_delta. MAX_OPTIONS_DELTA_ABS bounds the options
+    # book alone; MAX_NET_DELTA_ABS the coin held plus the options book (None: no net limit).
+    max_options_delta_abs: float = Field(1.0, ge=0, le=100_000)
+    max_net_delta_abs: float | None = Field(None, ge=0, le=100_000)
     max_expiry_exposure: float = Field(0.5, ge=0, le=100_000)
     max_state_age_sec: float = Field(30.0, gt=0, le=3600)
     max_slippage_pct: float = Field(10.0, ge=0, le=100)  # BTC option spreads are wide: 1 tick of 0.0005 is ~4 % of a 0.012 premium
@@ -147,6 +163,8 @@ class Settings(BaseSettings):
     default_order_size_eth: float | None = Field(None, gt=0, le=10_000)
     max_expiry_exposure_btc: float | None = Field(None, ge=0, le=100_000)
     max_expiry_exposure_eth: float | None = Field(None, ge=0, le=100_000)
+    max_options_delta_abs_btc: float | None = Field(None, ge=0, le=100_000)
+    max_options_delta_abs_eth: float | None = Field(None, ge=0, le=100_000)
     max_net_delta_abs_btc: float | None = Field(None, ge=0, le=100_000)
     max_net_delta_abs_eth: float | None = Field(None, ge=0, le=100_000)
     auto_approve_max_size_btc: float | None = Field(None, gt=0, le=10_000)
@@ -291,6 +309,10 @@ class Settings(BaseSettings):
     def _consistent(self) -> "Settings":
         if self.min_dte > self.max_dte:  # type: ignore[operator]
             raise ValueError(f"MIN_DTE ({self.min_dte}) must not exceed MAX_DTE ({self.max_dte})")
+        if self.roll_min_dte > self.roll_max_dte:  # type: ignore[operator]
+            raise ValueError(f"ROLL_MIN_DTE ({self.roll_min_dte}) must not exceed ROLL_MAX_DTE ({self.roll_max_dte})")
+        if self.roll_target_delta > self.roll_max_delta:  # type: ignore[operator]
+            raise ValueError(f"ROLL_TARGET_DELTA ({self.roll_target_delta}) must not exceed ROLL_MAX_DELTA ({self.roll_max_delta})")
         if self.min_delta > self.max_delta:  # type: ignore[operator]
             raise ValueError(f"MIN_DELTA ({self.min_delta}) must not exceed MAX_DELTA ({self.max_delta})")
         if self.order_reprice_sec > self.order_timeout_sec:

@@ -46,6 +46,7 @@ class Fill:
     order_id: str | None = None
     label: str = ""
     index_price: float | None = None  # USD, at the fill
+    order_state: str | None = None  # the order's state after this fill ("open": a partial fill)
 
     @property
     def signed_amount(self) -> float:
@@ -184,6 +185,7 @@ def fill_from_trade(t: Mapping[str, Any]) -> Fill:
         direction=str(t["direction"]), amount=float(t["amount"]), price=float(t["price"]),
         fee=float(t.get("fee") or 0.0), order_id=None if t.get("order_id") is None else str(t["order_id"]),
         label=str(t.get("label") or ""), index_price=_float(t.get("index_price")),
+        order_state=None if t.get("state") is None else str(t["state"]),
     )
 
 
@@ -329,10 +331,12 @@ def _cycle(leg: _Open, closed: int | None, end: str, value: float, value_usd: fl
 
 
 def pnl(fills: Sequence[Fill], settlements: Sequence[Settlement], start: Snapshot, end: Snapshot) -> Pnl:
-    """P&L of the records strictly after `start` and up to `end`, checked against the equity change.
+    """P&L of the records between two snapshots, checked against the equity change.
 
-    A record stamped at a snapshot's own millisecond counts as already in that snapshot."""
-    fs = [f for f in fills if start.timestamp < f.timestamp <= end.timestamp]
+    At a snapshot's own millisecond, a fill counts as after it (the bot reads the account, then
+    trades) and a settlement as before it (expiry happens first at its instant): fills in
+    [start, end), settlements in (start, end]."""
+    fs = [f for f in fills if start.timestamp <= f.timestamp < end.timestamp]
     ss = [s for s in settlements if start.timestamp < s.timestamp <= end.timestamp]
     legs = cycles(fs, ss, at=end, start=start)
     premium = sum(f.amount * f.price for f in fs if f.direction == "sell")

@@ -28,7 +28,7 @@ class Candidate(Value):
     strike: float
     expiration_timestamp: int  # ms
     dte: float  # days to expiry, fractional
-    delta: float  # Black-76, computed locally from mark_iv and the forward
+    delta: float  # Black-76 N(d1), computed locally from mark_iv and the forward: what the targets mean
     mark_iv: float  # percent
     forward: float  # underlying_price of this expiry
     bid: float  # BTC per contract
@@ -46,6 +46,11 @@ class Candidate(Value):
     tick_size: float
     tick_size_steps: tuple[tuple[float, float], ...] = ()  # (above_price, tick_size)
 
+    @property
+    def delta_pa(self) -> float:
+        """Premium-adjusted delta per contract (N(d1) minus the price in coin), Deribit's convention."""
+        return self.delta - self.mark
+
 
 class OptionPosition(Value):
     """An open option position, enriched with the current book and a local delta."""
@@ -61,12 +66,17 @@ class OptionPosition(Value):
     mark: float
     bid: float | None
     ask: float | None
-    delta: float  # per contract, Black-76 (positive for calls)
+    delta: float  # per contract, Black-76 N(d1) (positive for calls): what the policy's thresholds mean
     mark_iv: float | None
     forward: float
     min_trade_amount: float
     tick_size: float
     tick_size_steps: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def delta_pa(self) -> float:
+        """Premium-adjusted delta per contract (N(d1) minus the price in coin), as Deribit's options_delta."""
+        return self.delta - self.mark
 
     @property
     def is_short_call(self) -> bool:
@@ -98,7 +108,7 @@ class AccountState(Value):
     initial_margin: float
     maintenance_margin: float
     margin_used_pct: float  # initial margin / equity, percent
-    options_delta: float  # coin
+    options_delta: float  # coin, premium-adjusted (Deribit's options_delta: sum of size * (N(d1) - price))
 
 
 class Rejection(Value):
@@ -150,6 +160,7 @@ class AgentState(Value):
     positions: tuple[OptionPosition, ...] = ()
     open_orders: tuple[WorkingOrder, ...] = ()
     candidates: tuple[Candidate, ...] = ()
+    roll_candidates: tuple[Candidate, ...] = ()  # calls in the roll window (ROLL_MIN_DTE..ROLL_MAX_DTE), whole chain
     chain_size: int = 0  # options in the book summary
     atm_iv: float | None = None  # mark IV (percent) of the call nearest the forward, expiry nearest the target DTE
     atm_iv_dte: float | None = None  # that expiry's days to expiry
@@ -163,6 +174,15 @@ class AgentState(Value):
 
     def candidate(self, symbol: str) -> Candidate | None:
         return next((c for c in self.candidates if c.instrument_name == symbol), None)
+
+    def roll_candidate(self, symbol: str) -> Candidate | None:
+        """A call a roll may sell: from the roll window, or an opening candidate."""
+        return next((c for c in self.roll_candidates if c.instrument_name == symbol), None) or self.candidate(symbol)
+
+    @property
+    def net_delta(self) -> float:
+        """Coin held plus the options book (premium-adjusted): the account's delta in coin."""
+        return self.account.equity + self.account.options_delta
 
     def position(self, symbol: str) -> OptionPosition | None:
         return next((p for p in self.positions if p.instrument_name == symbol), None)
@@ -180,6 +200,9 @@ class Action(Value):
     # leg it buys back. Used for the price-drift check at approval time.
     ref_sell_price: float | None = None
     ref_buy_price: float | None = None
+    # Something chat should hear once (not every tick), e.g. a deep in-the-money call with no roll.
+    notice_key: str | None = None
+    notice: str | None = None
 
     def key(self) -> tuple[str, str | None, str | None]:
         """Identity for 'the same proposal': action, instrument and the leg it rolls from."""

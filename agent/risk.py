@@ -1,6 +1,9 @@
 """The risk engine: a pure veto on an action, judged on the book as it would be afterwards.
 
 No network, no clock reads: `now` comes in as an argument (default: the state's own time).
+Deltas are premium-adjusted (N(d1) minus the option's price in coin), the convention of Deribit's
+`options_delta`, so a leg's change adds to the account's figure in the same units.
+MAX_OPTIONS_DELTA_ABS bounds the options book; MAX_NET_DELTA_ABS the coin held plus the book.
 """
 
 from __future__ import annotations
@@ -47,8 +50,12 @@ def check_action_allowed(state: AgentState, action: Action, settings: Settings, 
     # Symbols: only candidates and positions, and the right kind for the action.
     new_leg = None
     old_leg = None
-    if action.action in (ActionType.OPEN_COVERED_CALL, ActionType.ROLL_COVERED_CALL):
+    if action.action == ActionType.OPEN_COVERED_CALL:
         new_leg = state.candidate(action.symbol or "")
+        if new_leg is None:
+            reasons.append(f"{action.symbol} is not among the candidates")
+    if action.action == ActionType.ROLL_COVERED_CALL:
+        new_leg = state.roll_candidate(action.symbol or "")
         if new_leg is None:
             reasons.append(f"{action.symbol} is not among the candidates")
     if action.action == ActionType.CLOSE_COVERED_CALL:
@@ -105,11 +112,11 @@ def check_action_allowed(state: AgentState, action: Action, settings: Settings, 
         left = shorts[old_leg.instrument_name][0] - size
         shorts[old_leg.instrument_name] = (max(left, 0.0), old_leg.expiration_timestamp)
         im -= size * short_call_margin(old_leg.strike, old_leg.forward, old_leg.mark)
-        delta += size * old_leg.delta
+        delta += size * old_leg.delta_pa
     prev = shorts.get(new_leg.instrument_name, (0.0, new_leg.expiration_timestamp))[0]
     shorts[new_leg.instrument_name] = (prev + size, new_leg.expiration_timestamp)
     im = max(im, 0.0) + size * short_call_margin(new_leg.strike, new_leg.forward, new_leg.mark)
-    delta -= size * new_leg.delta
+    delta -= size * new_leg.delta_pa
 
     coin = state.account.equity
     total_short = sum(s for s, _ in shorts.values())
@@ -124,10 +131,18 @@ def check_action_allowed(state: AgentState, action: Action, settings: Settings, 
     else:
         checks.append(f"margin used after {margin_pct:.1f}%")
 
-    if abs(delta) > settings.max_net_delta_abs + EPS:
-        reasons.append(f"options delta would be {delta:+.3f} (max ±{settings.max_net_delta_abs:g})")
+    if abs(delta) > settings.max_options_delta_abs + EPS:
+        reasons.append(f"options delta (premium-adjusted) would be {delta:+.3f} (max ±{settings.max_options_delta_abs:g})")
     else:
-        checks.append(f"options delta after {delta:+.3f}")
+        checks.append(f"options delta (premium-adjusted) after {delta:+.3f}")
+    # Net: the coin held counts. A covered call lowers it; only a move away from zero past the limit is refused.
+    net_before, net_after = state.net_delta, coin + delta
+    if settings.max_net_delta_abs is not None:
+        if abs(net_after) > settings.max_net_delta_abs + EPS and abs(net_after) > abs(net_before) + EPS:
+            reasons.append(f"net delta (coin held {coin:.4f} + options) would be {net_after:+.3f}, up from "
+                           f"{net_before:+.3f} (max ±{settings.max_net_delta_abs:g})")
+        else:
+            checks.append(f"net delta (coin held + options) after {net_after:+.3f}")
 
     per_expiry: dict[int, float] = defaultdict(float)
     for s, exp in shorts.values():

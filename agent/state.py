@@ -17,6 +17,7 @@ from .config import Settings
 from .deribit.client import DeribitClient
 from .deribit.types import BookSummary, Instrument
 from .models import AccountState, AgentState, Candidate, OptionPosition, PositionHistory, WorkingOrder
+from .policy import distance
 from .pricing import YEAR_SECONDS, call_delta, years_between
 
 DAY_MS = 86_400_000
@@ -54,6 +55,9 @@ async def build_agent_state(
     pos_values = []
     for n, p in enumerate((p for p in positions if abs(p.signed_size) > 0), start=1):
         pos_values.append(_enrich_position(f"p{n}", p, by_name.get(p.instrument_name), books.get(p.instrument_name), spot, now_ms))
+    # Where a short call may roll: its own window over the whole chain (no request of its own).
+    rolls = select_candidates(instruments, books, settings, now_ms, roll=True) \
+        if any(p.is_short_call for p in pos_values) else []
 
     equity = account.equity
     im = account.initial_margin
@@ -82,6 +86,7 @@ async def build_agent_state(
             for o in orders if o.order_state == "open"
         ),
         candidates=tuple(candidates),
+        roll_candidates=tuple(rolls),
         chain_size=len(book),
         **_atm_iv(book, by_name, now_ms, settings.target_dte or 7.0),
         history=history or PositionHistory(),
@@ -91,15 +96,26 @@ async def build_agent_state(
 
 
 def select_candidates(
-    instruments: list[Instrument], books: dict[str, BookSummary], settings: Settings, now_ms: int
+    instruments: list[Instrument], books: dict[str, BookSummary], settings: Settings, now_ms: int, *,
+    roll: bool = False,
 ) -> list[Candidate]:
-    """Calls inside the profile's DTE window and delta band that pass the liquidity filters, best first."""
+    """Calls inside the profile's DTE window and delta band that pass the liquidity filters, nearest
+    the targets first. With `roll`, the roll window instead (ROLL_MIN_DTE..ROLL_MAX_DTE, delta up to
+    ROLL_MAX_DELTA, nearest ROLL_TARGET_DELTA), ids "r1", "r2", ..."""
+    if roll:
+        min_dte, max_dte, min_delta, max_delta = (settings.roll_min_dte, settings.roll_max_dte, 0.01,
+                                                  settings.roll_max_delta)
+        target_delta = settings.roll_target_delta
+        target_dte = min(max(settings.target_dte, min_dte), max_dte)  # type: ignore[type-var]
+    else:
+        min_dte, max_dte, min_delta, max_delta = settings.min_dte, settings.max_dte, settings.min_delta, settings.max_delta
+        target_delta, target_dte = settings.target_delta, settings.target_dte
     out = []
     for inst in instruments:
         if inst.option_type != "call" or not inst.is_active or inst.strike is None:
             continue
         dte = (inst.expiration_timestamp - now_ms) / DAY_MS
-        if not (settings.min_dte <= dte <= settings.max_dte):  # type: ignore[operator]
+        if not (min_dte <= dte <= max_dte):  # type: ignore[operator]
             continue
         b = books.get(inst.instrument_name)
         if b is None or not b.bid_price or not b.ask_price or not b.mark_iv or not b.underlying_price:
@@ -113,11 +129,11 @@ def select_candidates(
         fwd = b.underlying_price
         t = years_between(now_ms, inst.expiration_timestamp)
         delta = call_delta(fwd, inst.strike, b.mark_iv / 100.0, t)
-        if not (settings.min_delta <= delta <= settings.max_delta):  # type: ignore[operator]
+        if not (min_delta <= delta <= max_delta):  # type: ignore[operator]
             continue
         mark = b.mark_price if b.mark_price is not None else mid
         annual_yield = b.bid_price * (365.0 / dte) * 100.0 if dte > 0 else 0.0
-        score = candidate_score(annual_yield, delta, dte, settings)
+        score = candidate_score(delta, dte, settings, target_delta=target_delta, target_dte=target_dte)
         out.append(
             Candidate(
                 id="",
@@ -144,13 +160,17 @@ def select_candidates(
                 tick_size_steps=tuple((s.above_price, s.tick_size) for s in inst.tick_size_steps),
             )
         )
-    out.sort(key=lambda c: (-c.score, c.expiration_timestamp, c.strike))
-    return [c.model_copy(update={"id": f"c{n}"}) for n, c in enumerate(out, start=1)]
+    out.sort(key=lambda c: (-c.score, -c.annualized_yield_pct, c.expiration_timestamp, c.strike))
+    prefix = "r" if roll else "c"
+    return [c.model_copy(update={"id": f"{prefix}{n}"}) for n, c in enumerate(out, start=1)]
 
 
-def candidate_score(annual_yield_pct: float, delta: float, dte: float, settings: Settings) -> float:
-    """Higher yield is better; distance from the target delta and DTE costs points."""
-    return annual_yield_pct - 100.0 * abs(delta - settings.target_delta) - 2.0 * abs(dte - settings.target_dte)  # type: ignore[operator]
+def candidate_score(delta: float, dte: float, settings: Settings, *, target_delta: float | None = None,
+                    target_dte: float | None = None) -> float:
+    """Minus the distance from the targets (policy.distance: 1 point per 0.01 delta, 2 per day): the
+    targets steer; yield is only a floor, applied by the policy. Higher is better."""
+    return -distance(delta, dte, target_delta if target_delta is not None else settings.target_delta,  # type: ignore[arg-type]
+                     target_dte if target_dte is not None else settings.target_dte)  # type: ignore[arg-type]
 
 
 def _enrich_position(pid, p, inst: Instrument | None, b: BookSummary | None, spot: float, now_ms: int) -> OptionPosition:

@@ -104,11 +104,20 @@ async def run_tick(
     )
 
 
+POS_KEYS = ("name", "size", "avg", "mark", "delta", "dte")
+CAND_KEYS = ("id", "name", "delta", "dte", "bid", "yield", "score")
+
+
+def named(row: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A stored position or candidate as a dict, whether it has named keys or is an older positional row."""
+    return dict(row) if isinstance(row, dict) else dict(zip(keys, row))
+
+
 def compress_state(state: AgentState, action: Action | None = None, top: int = MAX_PROMPT_CANDIDATES) -> dict[str, Any]:
     """The few numbers worth keeping per tick: account, positions, the best candidates, and the
     full numbers of the instruments the action names (for its card and for `why`)."""
     a = state.account
-    chosen = state.candidate(action.symbol) if action and action.symbol else None
+    chosen = state.roll_candidate(action.symbol) if action and action.symbol else None  # a roll's from its window
     leg = state.position(action.roll_from or action.symbol or "") if action else None
     keep = ("instrument_name", "strike", "expiration_timestamp", "dte", "delta", "bid", "ask", "mark", "bid_usd",
             "otm_pct", "annualized_yield_pct", "open_interest", "spread_pct", "score", "forward", "mark_iv",
@@ -120,10 +129,11 @@ def compress_state(state: AgentState, action: Action | None = None, top: int = M
         "eq": round(a.equity, 6),
         "mu": round(a.margin_used_pct, 3),
         "od": round(a.options_delta, 4),
-        "pos": [[p.instrument_name, p.size, round(p.average_price, 6), round(p.mark, 6), p.delta, round(p.dte, 3)]
-                for p in state.positions],
-        "cand": [[c.id, c.instrument_name, c.delta, round(c.dte, 2), c.bid, c.annualized_yield_pct, c.score]
-                 for c in state.candidates[:top]],
+        # Named keys (no positional arrays), so SQL can say json_extract(state_json, '$.pos[0].delta').
+        "pos": [{"name": p.instrument_name, "size": p.size, "avg": round(p.average_price, 6), "mark": round(p.mark, 6),
+                 "delta": p.delta, "dte": round(p.dte, 3), "strike": p.strike} for p in state.positions],
+        "cand": [{"id": c.id, "name": c.instrument_name, "delta": c.delta, "dte": round(c.dte, 2), "bid": c.bid,
+                  "yield": c.annualized_yield_pct, "score": c.score} for c in state.candidates[:top]],
         "n_cand": len(state.candidates),
         "chain": state.chain_size,
         "req": state.requests,
@@ -140,14 +150,15 @@ _SNAPSHOT_KEYS = (
     "exchange", "underlying", "effective_dry_run", "effective_decision_mode", "mode", "llm_model_name",
     "min_dte", "max_dte", "target_dte", "min_delta", "max_delta", "target_delta", "min_otm_pct", "min_premium",
     "min_annual_yield_pct", "max_spread_pct", "min_open_interest", "default_order_size", "max_margin_used_pct",
-    "max_net_delta_abs", "max_expiry_exposure", "approval_mode",
+    "max_net_delta_abs", "max_options_delta_abs", "max_expiry_exposure", "approval_mode", "roll_min_dte",
+    "roll_max_dte", "roll_target_delta", "roll_max_delta",
 )
 
 
 def config_snapshot(settings: Settings) -> dict[str, Any]:
     """The decision-relevant settings (secrets never among them: redacted() is the source)."""
     red = settings.redacted()
-    return {k: red[k] for k in _SNAPSHOT_KEYS}
+    return {k: red[k] for k in _SNAPSHOT_KEYS if red[k] is not None}  # unset limits are left out, as stored
 
 
 def _ms(t0: float) -> float:

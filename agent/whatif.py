@@ -96,7 +96,7 @@ def apply_overrides(state: AgentState, overrides: dict[str, tuple[float, str]], 
             ask=c.ask * scale if c.ask is not None else None, mark=mark, bid_usd=bid * fwd,
             ask_usd=c.ask * scale * fwd if c.ask is not None else None, mark_usd=mark * fwd,
             otm_pct=(c.strike / fwd - 1) * 100, annualized_yield_pct=yld,
-            score=candidate_score(yld, delta, dte, settings),
+            score=candidate_score(delta, dte, settings),
         )))
     cands.sort(key=lambda c: -c.score)
     cands = [c.model_copy(update={"id": f"c{i}"}) for i, c in enumerate(cands, start=1)]

@@ -178,7 +178,7 @@ async def run(n: int, paths: tuple[str, ...]) -> dict[str, list[float]]:
         telegram_bot_token=tg.token, telegram_chat_id=str(CHAT), telegram_allowed_user_ids=str(USER),
         telegram_api_base_url=tg.base_url, console_enabled=False,
         # Room for N opens in a row: one fresh proposal per press.
-        paper_equity=100.0, default_order_size=0.1, max_expiry_exposure=1000, max_net_delta_abs=1000,
+        paper_equity=100.0, default_order_size=0.1, max_expiry_exposure=1000, max_net_delta_abs=1000, max_options_delta_abs=1000,
         max_margin_used_pct=100, hysteresis_min=0, approval_ttl_sec=600, log_level="WARNING")
     # The per-chat send limits (1/s, 20/min in a group) are lifted: they space the cards and edits of
     # consecutive presses (the run would take minutes), not the press -> order path, which sends nothing.

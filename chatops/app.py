@@ -13,14 +13,16 @@ from agent.config import ConfigError, Settings
 from agent.deribit.errors import DeribitError
 from agent.exchange import Exchange, open_exchange
 from agent.models import ActionType, Decision
-from agent.tick import run_tick
+from agent.tick import POS_KEYS, named, run_tick
 
 from . import redact, render
 from .approvals import ApprovalService
 from .ask import Asker
 from .core import Core
 from .engine import Executor
+from . import pnl as pnl_mod
 from .leader import Leadership
+from .ledger_service import LedgerService
 from .llm_wiring import LLMWiring
 from .store import LeaseLostError, Store, lease_line
 
@@ -77,6 +79,10 @@ class Bot:
         self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
         self._anchored = self.store.audit_head().count  # chain entries covered by the last anchor written
+        self.ledger = LedgerService(self.store, settings.underlying, self.core.notify)
+        self.ledgers: dict[str, LedgerService] = {}  # the other coins of UNDERLYING=BTC,ETH
+        self.run_id: int | None = None
+        self._state = None  # the last tick's AgentState (for the ledger)
         self._data_version: int | None = None
         self.interval = settings.loop_interval_sec  # the runner sets what it schedules
         self.dashboard_url: str | None = None  # the web channel sets it when it serves one
@@ -118,6 +124,12 @@ class Bot:
         for ch in channels:
             await ch.start(self.core)
             self.core.channels.append(ch)
+        s = self.settings
+        brain = s.effective_decision_mode + (f" ({s.llm_model_name})" if s.effective_decision_mode != "rule" else "")
+        self.run_id = self.store.record_bot_run(
+            underlying=",".join(s.underlyings), brain=brain, profile=s.mode, dry_run=s.effective_dry_run,
+            exchange=self.exchange.description, approval_mode=s.approval_mode,
+            channels=tuple(c.name for c in self.core.channels))
         for r in reconciled:  # told now that the channels are up (the store has it already)
             if r.status in ("executed", "failed"):
                 await self.core.notify("failure" if r.status == "failed" else "fill",
@@ -197,6 +209,8 @@ class Bot:
         self.core.channels.clear()
         await self.core.drain()  # a press handled while the channels stopped may have started an execution
         try:
+            if self.run_id is not None:
+                self.store.bot_heartbeat(self.run_id, stopped=True)
             self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
             self.anchor("stop", force=True)
         except LeaseLostError:
@@ -245,13 +259,17 @@ class Bot:
         brain = await self.llm.tick_brain()  # None: the rules decide (rule mode, or the budget is spent)
         off = "daily token budget spent" if brain is None and self.llm.drives else None
         decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,
-                                  llm_brain=brain, llm_off_reason=off)
+                                  llm_brain=brain, llm_off_reason=off, state_hook=self._keep_state)
         # Writes in a thread: a locked database delays the tick's record, not the buttons.
         decision_id = await asyncio.to_thread(self.store.record_decision, decision)
         self.ticks_done += 1
         self.ticks_by[coin] += 1
         self.failures_by[coin] = 0
         self.errors_by[coin] = None
+        if self.run_id is not None:
+            self.store.bot_heartbeat(self.run_id)
+        await self._update_ledger()
+        await self._say_once(decision.proposed_action)
         await self._check_llm_fallbacks(decision)
         if decision.final_action.action == ActionType.DO_NOTHING:
             cands = decision.state.get("cand") or []
@@ -266,6 +284,29 @@ class Bot:
             await self.core.broadcast_proposal(result.proposal_id)
             await self.executor.execute_approved()
         return decision_id, decision
+
+    def _keep_state(self, state):
+        self._state = state
+        return state
+
+    async def _update_ledger(self) -> None:
+        """Fills and settlements since the last tick (none read when nothing changed); never fails the tick."""
+        if self._state is None:
+            return
+        try:
+            coin = self._state.underlying  # one ledger per coin: its own cursor, records and snapshots
+            if coin != self.ledger.underlying:
+                self.ledgers.setdefault(coin, LedgerService(self.store, coin, self.core.notify))
+                await self.ledgers[coin].update(self.exchange.client, self._state)
+                return
+            await self.ledger.update(self.exchange.client, self._state)
+        except DeribitError as exc:
+            log.warning("ledger: could not read trades or settlements this tick (%s); next tick retries", exc)
+
+    async def _say_once(self, action) -> None:
+        """A notice the policy wants told (e.g. deep in the money, no credit roll): once, not every tick."""
+        if action.notice_key and action.notice and self.store.claim_notice(action.notice_key, "deep_itm", action.notice):
+            await self.core.notify("deep_itm", action.notice)
 
     async def _check_llm_fallbacks(self, decision: Decision) -> None:
         if not decision.llm_calls:
@@ -377,6 +418,10 @@ class Bot:
                     text += f" Equity {st.get('eq', 0):.4f} {coin}, {len(st.get('pos') or [])} open positions."
                 else:
                     text += f" {coin}: equity {st.get('eq', 0):.4f} {coin}, {len(st.get('pos') or [])} open positions, {n} executed."
+        for coin in self.views:
+            last = self.store.last_decision(underlying=coin)
+            pos = [named(p, POS_KEYS) for p in ((last or {}).get("state") or {}).get("pos") or []]
+            text += f" {coin} " + pnl_mod.daily_text(self.store, coin, self.now(), pos)
         # The chain's head, outside the database: `chatops audit verify --head HASH:N` checks it later.
         self.anchor("daily summary", force=True)
         text += f" Audit head {self.store.audit_head().as_text()}."

@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.deribit.errors import DeribitError
+from agent.tick import CAND_KEYS, POS_KEYS, named
 
 from .cli_audit import ACTION_NAMES, EVENT_KINDS, PROPOSAL_STATUSES, _duration, event_kind  # noqa: F401 (re-exported)
 from .cli_audit import audit as _audit
@@ -131,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     shd.add_argument("--since", help=_SINCE_HELP)
     shd.add_argument("--json", action="store_true", help=_JSON_HELP)
 
+    pn = sub.add_parser("pnl", help="premium, fees, settlements, P&L in coin and USD vs holding the coin (the ledger)")
+    pn.add_argument("--since", help="30d, 12h, 2w, all (default) or a date")
+    pn.add_argument("--json", action="store_true", help="every figure, the cycles and the equity check")
+    pn.add_argument("--png", metavar="FILE", help="also draw the strategy vs HODL chart into FILE")
+    pn.add_argument("--chart", metavar="FILE", help="also draw spot against the short call's strike into FILE")
     w = sub.add_parser("web", help="serve the dashboard read-only from the database alone (no bot needed)")
     w.add_argument("--host", help="default WEB_HOST")
     w.add_argument("--port", type=int, help="default WEB_PORT (8080)")
@@ -239,6 +245,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return _cancel(store, settings, args.id)
         if cmd == "audit":
             return _audit(store, settings, args)
+        if cmd == "pnl":
+            from .pnl import cli_pnl
+
+            return cli_pnl(store, settings.underlying, args.since, args.json, args.png, args.chart)
     finally:
         store.close()
     return EXIT_USAGE
@@ -314,10 +324,13 @@ def format_decision(d, settings: Settings, tag: str | None = None) -> str:
         f"options delta {st['od']:+.3f}",
         f"  {st['chain']} options in the chain, {st['n_cand']} candidates after the DTE/delta/liquidity filters",
     ]
-    for p in st.get("pos") or []:
-        lines.append(f"  position {p[0]} {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+    for p in (named(x, POS_KEYS) for x in st.get("pos") or []):
+        lines.append(f"  position {p['name']} {p['size']:+g} avg {p['avg']:.4f} mark {p['mark']:.4f} delta {p['delta']:.2f} "
+                     f"{p['dte']:.1f} DTE")
     if st.get("cand"):
-        lines.append("  top candidates: " + ", ".join(f"{c[1]} (d {c[2]:.2f}, {c[4]:.4f}, {c[5]:.0f}%/y)" for c in st["cand"][:3]))
+        cands = [named(x, CAND_KEYS) for x in st["cand"][:3]]
+        lines.append("  top candidates: " + ", ".join(f"{c['name']} (d {c['delta']:.2f}, {c['bid']:.4f}, {c['yield']:.0f}%/y)"
+                                                     for c in cands))
     lines.append(f"Proposed ({d.decision_source}): {d.proposed_action.action.value} {d.proposed_action.symbol or ''}".rstrip())
     lines.append(f"  {d.proposed_action.reasoning}")
     rc = d.risk_check
@@ -335,10 +348,11 @@ def _status(store, settings: Settings, cmd: str, as_json: bool) -> int:
 
     now = datetime.now(timezone.utc)
     if cmd == "status":
-        last = store.last_decision()
+        last = store.last_decision(underlying=settings.underlying)
         stats = store.llm_stats(now.replace(microsecond=0) - _duration("24h"))
         if as_json:
-            out = {"paused": store.get_flag("paused", "0") == "1", "last_decision": last,
+            out = {"paused": store.get_flag("paused", "0") == "1", "bot": store.last_bot_run(settings.underlying),
+                   "last_decision": last,
                    "last_tick_age_s": (now - datetime.fromisoformat(last["ts"])).total_seconds() if last else None,
                    "pending": [r.id for r in store.pending_proposals()], "llm_24h": stats,
                    "leader": store.lease_status(settings.leader_lease_sec)}

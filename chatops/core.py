@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from agent.clock import to_datetime
 from agent.config import Settings
 from agent.models import Action, ExecutionResult, RiskResult
+from agent.tick import POS_KEYS, named
 
 from . import render
 from .adapters.base import HELP_TEXT, Channel, Notice, Reply
@@ -267,6 +268,35 @@ class Core:
             return Reply("whatif is not available", ok=False)
         return await self.asker.whatif(overrides, user, channel)
 
+    async def pnl(self, since: str | None, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "pnl")):
+            return refused
+        from . import charts, pnl as pnl_mod
+
+        try:
+            start = pnl_mod.parse_since(since, self.now())
+        except ValueError as exc:
+            return Reply(str(exc), ok=False, private=True)
+        u = self.settings.underlying
+        rep = pnl_mod.report(self.store, u, since=start)
+        if rep is None:
+            return Reply("No P&L yet: the ledger has no account snapshot (it starts with the bot's first tick).")
+        return Reply(pnl_mod.format_report(rep, u), photo=charts.pnl_png(self.store, u, start), photo_name="pnl.png")
+
+    async def chart(self, since: str | None, user: str, channel: str) -> Reply:
+        if (refused := await self._guard(channel, user, "chart")):
+            return refused
+        from . import charts, pnl as pnl_mod
+
+        try:
+            start = pnl_mod.parse_since(since, self.now())
+        except ValueError as exc:
+            return Reply(str(exc), ok=False, private=True)
+        png = charts.strike_png(self.store, self.settings.underlying, start)
+        if png is None:
+            return Reply("No chart yet: it needs at least two account snapshots (one per tick).")
+        return Reply(f"{self.settings.underlying} spot against the short call's strike.", photo=png, photo_name="chart.png")
+
     async def status(self, user: str, channel: str) -> Reply:
         if (refused := await self._guard(channel, user, "status")):
             return refused
@@ -384,6 +414,10 @@ class Core:
             return await self.resume(user, channel, coin)
         if word == "whatif":
             return await self.whatif(rest, user, channel)
+        if word == "pnl":
+            return await self.pnl(rest or None, user, channel)
+        if word == "chart":
+            return await self.chart(rest or None, user, channel)
         if word == "ask":
             return await self.ask(rest, user, channel)
         if word in ("help", "start", "?"):
@@ -417,10 +451,23 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
     """The /status answer: mode, pause, then per coin its last tick and its age, account,
     positions, pending; then the LLM, watchdog and exchange lines."""
     coins = settings.underlyings
-    lines = [f"{live.get('tag') or settings.trading_tag} {','.join(coins)} covered calls - {settings.exchange}, "
-             f"{settings.effective_decision_mode} brain, {settings.mode} profile, approvals {settings.approval_mode}"]
+    # What the running bot runs with (it records that at start), not what this process was given.
+    run = store.last_bot_run(settings.underlying)
+    if run is not None:
+        tag = "[DRY-RUN]" if run["dry_run"] else "[PAPER]" if run["exchange"].startswith("paper") else "[LIVE]"
+        beat = (now - run["heartbeat"]).total_seconds()
+        alive = (f"stopped {run['stopped_at'][:19].replace('T', ' ')} UTC" if run["stopped_at"]
+                 else f"running since {run['started_at'][:19].replace('T', ' ')} UTC, last heartbeat {beat:.0f}s ago")
+        lines = [f"{tag} {run['underlying']} covered calls - {run['exchange']}, {run['brain']} brain, {run['profile']} "
+                 f"profile, approvals {run['approval_mode']}, channels {', '.join(run['channels']) or 'none'}",
+                 f"Bot #{run['id']} (pid {run['pid']} on {run['host']}) {alive}"]
+    else:
+        lines = [f"No bot has run on {settings.underlying} with this database yet; these settings say: "
+                 f"{live.get('tag') or settings.trading_tag} {','.join(coins)} {settings.exchange}, "
+                 f"{settings.effective_decision_mode} brain, {settings.mode} profile, approvals {settings.approval_mode}"]
     paused = store.get_flag("paused", "0") == "1"
-    lines.append("PAUSED (kill switch on): nothing is proposed or executed" if paused else "Running")
+    lines.append("PAUSED (kill switch on): nothing is proposed or executed" if paused
+                 else "Not running: the bot stopped" if run is not None and run["stopped_at"] else "Running")
     for coin in coins:
         i = ""  # a block per coin when there are several
         if len(coins) > 1:
@@ -438,13 +485,15 @@ def status_text(store: Store, settings: Settings, now: datetime, live: dict[str,
                 lines.append(f"{i}Account read {max((now - fresh[0]).total_seconds(), 0):.0f}s ago, after the last execution:")
                 lines.append(f"{i}  spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {coin}, "
                              f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
-                for p in st.get("pos") or []:
-                    lines.append(f"{i}  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+                for p in (named(x, POS_KEYS) for x in st.get("pos") or []):
+                    lines.append(f"{i}  position {p['name']} size {p['size']:+g} avg {p['avg']:.4f} mark {p['mark']:.4f} "
+                                 f"delta {p['delta']:.2f} {p['dte']:.1f} DTE")
             elif st:
                 lines.append(f"{i}As of that tick: spot {st.get('spot', 0):,.0f}, equity {st.get('eq', 0):.4f} {coin}, "
                              f"margin used {st.get('mu', 0):.1f}%, options delta {st.get('od', 0):+.3f}")
-                for p in st.get("pos") or []:
-                    lines.append(f"{i}  position {p[0]} size {p[1]:+g} avg {p[2]:.4f} mark {p[3]:.4f} delta {p[4]:.2f} {p[5]:.1f} DTE")
+                for p in (named(x, POS_KEYS) for x in st.get("pos") or []):
+                    lines.append(f"{i}  position {p['name']} size {p['size']:+g} avg {p['avg']:.4f} mark {p['mark']:.4f} "
+                                 f"delta {p['delta']:.2f} {p['dte']:.1f} DTE")
         else:
             lines.append(f"{i}No tick yet")
         pend = store.pending_proposals(coin)

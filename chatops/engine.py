@@ -68,7 +68,8 @@ def price_drift(action: Action, state: AgentState) -> tuple[float, str] | None:
     """The adverse move of the price against the proposal, in % of the premium, and a text."""
     moves = []
     if action.ref_sell_price and action.symbol:
-        c = state.candidate(action.symbol)
+        roll = action.action == ActionType.ROLL_COVERED_CALL  # a roll may sell from the roll window
+        c = state.roll_candidate(action.symbol) if roll else state.candidate(action.symbol)
         if c is None:
             return (100.0, f"{action.symbol} is no longer a candidate")
         moves.append(((action.ref_sell_price - c.bid) / action.ref_sell_price * 100.0,

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from agent.models import Action, ActionType, ExecutionResult, RiskResult
+from agent.tick import CAND_KEYS, named
 
 ACTION_TITLES = {
     ActionType.OPEN_COVERED_CALL: "Open covered call",
@@ -225,7 +226,7 @@ def _every(seconds: float) -> str:
     return f"{s:g} s"
 
 
-def quiet_tick(decision_id: int | None, ts: datetime, reasoning: str, best: list | None,
+def quiet_tick(decision_id: int | None, ts: datetime, reasoning: str, best: list | dict | None,
                next_tick: datetime | None) -> str:
     """One line for a tick that decided to do nothing: why, and the best candidate it saw."""
     why = " ".join(reasoning.split())
@@ -233,8 +234,8 @@ def quiet_tick(decision_id: int | None, ts: datetime, reasoning: str, best: list
         why = why[:157] + "..."
     line = f"{ts:%H:%M:%S} d{decision_id if decision_id is not None else '?'} nothing to do: {why}"
     if best:
-        # compress_state's candidate row: [id, instrument, delta, dte, bid, yield %, score]
-        line += f" | best candidate {best[1]} (delta {best[2]:.2f}, bid {best[4]:.4f}, {best[5]:.0f}%/y)"
+        c = named(best, CAND_KEYS)  # compress_state's candidate (named keys; older rows positional)
+        line += f" | best candidate {c['name']} (delta {c['delta']:.2f}, bid {c['bid']:.4f}, {c['yield']:.0f}%/y)"
     if next_tick:
         line += f" | next {next_tick:%H:%M:%S}"
     return line

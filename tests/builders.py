@@ -46,14 +46,15 @@ def short_call(n: int = 1, *, strike: float = 100_000, dte: float = 5, size: flo
 
 
 def state(*, candidates=(), positions=(), equity: float = 1.0, spot: float = 95_000, im: float = 0.0,
-          options_delta: float | None = None, history: PositionHistory | None = None, ts: datetime = NOW) -> AgentState:
+          options_delta: float | None = None, history: PositionHistory | None = None, ts: datetime = NOW,
+          roll_candidates=()) -> AgentState:
     if options_delta is None:
-        options_delta = sum(p.size * p.delta for p in positions)
+        options_delta = sum(p.size * p.delta_pa for p in positions)  # premium-adjusted, as Deribit states it
     return AgentState(
         timestamp=ts, underlying="BTC", spot=spot, forward=spot * 1.001,
         account=AccountState(currency="BTC", equity=equity, balance=equity, available_funds=equity - im,
                              initial_margin=im, maintenance_margin=im / 2,
                              margin_used_pct=im / equity * 100 if equity else 0.0, options_delta=options_delta),
-        positions=tuple(positions), candidates=tuple(candidates), chain_size=800,
+        positions=tuple(positions), candidates=tuple(candidates), roll_candidates=tuple(roll_candidates), chain_size=800,
         history=history or PositionHistory(),
     )

@@ -58,7 +58,6 @@ async def test_fills_and_settlements_through_an_otm_and_an_itm_expiry(env):
     _, r = await tick()
     assert (r.requests, r.reason) == (0, "unchanged")
 
-    paper.clock.advance(1)  # a record stamped at a snapshot's own millisecond counts as already in it
     a = await sell_nearest(client, paper, "led-1", otm_pct=10.0)  # far out of the money
     _, r = await tick()
     assert r.requests == 1 and [f.label for f in r.fills] == ["led-1"]

@@ -23,7 +23,7 @@ async def test_llm_choice_becomes_a_proposal_through_the_same_risk_engine(tmp_pa
             assert d.decision_source == "llm" and d.final_action.action == ActionType.OPEN_COVERED_CALL
             assert d.risk_check.allowed
             (p,) = b.store.pending_proposals()
-            assert p.symbol == d.state["cand"][1][1]  # the second candidate, as the LLM chose
+            assert p.symbol == d.state["cand"][1]["name"]  # the second candidate, as the LLM chose
             assert p.size == 0.1
             (call,) = b.store.iter_rows("llm_calls")
             assert call["mode"] == "drive" and call["valid"] == 1 and call["decision_id"] == 1 and call["tokens_in"] > 0

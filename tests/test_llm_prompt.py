@@ -98,7 +98,8 @@ async def test_the_rule_pick_is_in_the_request():
     async with fake_openai_server(json_reply(answer("DO_NOTHING"))) as srv:
         await llm_decide(OPEN_STATE, OPEN_STATE.candidates, cfg(srv))
         user = srv.last["messages"][1]["content"]
-    assert "Rule policy picks: OPEN_COVERED_CALL c1: Open: sell" in user
+    # c4 (delta 0.26, 7 DTE) is nearest the targets (0.25, 7 DTE): the policy's pick, not the top score.
+    assert "Rule policy picks: OPEN_COVERED_CALL c4: Open: sell" in user
 
 
 def test_realized_vol_from_the_index_price_of_past_ticks(tmp_path):

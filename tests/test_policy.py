@@ -5,21 +5,47 @@ from __future__ import annotations
 from datetime import timedelta
 
 from agent.models import ActionType, PositionHistory
-from agent.policy import decide_action, fee, order_size
+import pytest
+
+from agent.policy import decide_action, fee, net_annual_yield_pct, order_size
 from tests.builders import NOW, candidate, settings, short_call, state
 
 S = settings()
 
 
-def test_open_picks_best_scored_qualifying_candidate():
-    c1 = candidate(1, strike=100_000, delta=0.25, bid=0.006, score=20)
-    c2 = candidate(2, strike=101_000, delta=0.22, bid=0.005, score=25)
-    a = decide_action(state(candidates=[c1, c2]), S)
+def test_open_picks_the_candidate_nearest_the_targets_not_the_richest():
+    # Measured on the paper chain before: yield won, so delta 0.28 beat the 0.25 target.
+    near = candidate(1, strike=101_000, delta=0.25, dte=7, bid=0.006, score=0)
+    rich = candidate(2, strike=100_000, delta=0.28, dte=7, bid=0.008, score=99)
+    a = decide_action(state(candidates=[rich, near]), S)
     assert a.action == ActionType.OPEN_COVERED_CALL
-    assert a.symbol == c2.instrument_name
-    assert a.size == 0.1
-    assert a.ref_sell_price == c2.bid
-    assert "101,000" in a.reasoning and "annualized" in a.reasoning
+    assert a.symbol == near.instrument_name and a.size == 0.1 and a.ref_sell_price == near.bid
+    assert "101,000" in a.reasoning and "annualized after fees" in a.reasoning
+    assert f"beat the runner-up {rich.instrument_name}" in a.reasoning and "by 3.0 pts" in a.reasoning
+
+
+def test_research_no_longer_picks_a_short_near_the_money_call_over_the_targets():
+    r = settings(mode="research")
+    hot = candidate(1, strike=96_500, forward=96_000, delta=0.44, dte=1.5, bid=0.008, ask=0.0082)
+    target = candidate(2, strike=101_000, delta=0.26, dte=7, bid=0.007, ask=0.0072)
+    a = decide_action(state(candidates=[hot, target]), r)
+    assert a.symbol == target.instrument_name
+    assert "runner-up " + hot.instrument_name in a.reasoning
+
+
+def test_yield_after_fees_is_a_floor():
+    # 16.2 %/y gross, but the 0.0003 fee takes it to 14.6 %, under the 15 % floor.
+    thin = candidate(1, delta=0.25, dte=7, bid=0.0031, ask=0.0032)
+    a = decide_action(state(candidates=[thin]), S)
+    assert a.action == ActionType.DO_NOTHING and "1 under 15% annualized after fees" in a.reasoning
+    assert net_annual_yield_pct(0.0031, 7) == pytest.approx((0.0031 - 0.0003) * 365 / 7 * 100)
+
+
+def test_a_tie_on_distance_goes_to_the_higher_yield():
+    a1 = candidate(1, strike=101_000, delta=0.26, dte=7, bid=0.006)
+    a2 = candidate(2, strike=102_000, delta=0.24, dte=7, bid=0.007)
+    a = decide_action(state(candidates=[a1, a2]), S)
+    assert a.symbol == a2.instrument_name and "same distance: higher yield" in a.reasoning
 
 
 def test_open_filters_otm_premium_and_yield():
@@ -28,7 +54,7 @@ def test_open_filters_otm_premium_and_yield():
     low_yield = candidate(3, dte=10, bid=0.0035, ask=0.0036)  # 12.8 % annualized < 15 %
     a = decide_action(state(candidates=[too_close, too_cheap, low_yield]), S)
     assert a.action == ActionType.DO_NOTHING
-    assert "1 under 2% OTM" in a.reasoning and "1 under 0.003 BTC" in a.reasoning and "1 under 15%" in a.reasoning
+    assert "1 under 2% OTM" in a.reasoning and "1 under 0.003 BTC" in a.reasoning and "1 under 15% annualized after fees" in a.reasoning
 
 
 def test_open_needs_coin_to_cover():

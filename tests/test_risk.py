@@ -50,7 +50,7 @@ def test_margin_limit():
     assert not r.allowed and any("margin used would be" in x for x in r.reasons)
 
 
-def test_net_delta_limit():
+def test_options_delta_limit():
     c = candidate(delta=0.3)
     r = check_action_allowed(state(candidates=[c], options_delta=-0.99), open_(c), S)
     assert not r.allowed and any("options delta" in x for x in r.reasons)
@@ -165,3 +165,27 @@ def test_a_resting_sell_counts_as_short_for_coverage():
     s = state(candidates=[c], equity=0.35).model_copy(update={"open_orders": (resting,)})
     r = check_action_allowed(s, open_(c), S)
     assert not r.allowed and any("uncovered: 0.4 short" in x for x in r.reasons)
+
+
+def test_deltas_are_premium_adjusted_like_deribits_options_delta():
+    # A 0.25-delta call worth 0.006 BTC changes the book by size * (0.25 - 0.006).
+    c = candidate(delta=0.25, bid=0.006, ask=0.0062)
+    r = check_action_allowed(state(candidates=[c]), open_(c), S)
+    assert r.allowed
+    assert f"options delta (premium-adjusted) after {-0.1 * (0.25 - c.mark):+.3f}" in r.checks
+
+
+def test_the_net_limit_counts_the_coin_held_and_never_refuses_what_lowers_it():
+    c = candidate(delta=0.3)
+    tight = settings(max_net_delta_abs=0.5)
+    # 1 BTC held: net +1.0 is over 0.5, but a covered call lowers it: allowed.
+    r = check_action_allowed(state(candidates=[c]), open_(c), tight)
+    assert r.allowed and any("net delta (coin held + options) after +0.97" in x for x in r.checks)
+    # A roll that raises it past the limit is refused, and the reason names the coin held.
+    p = short_call(strike=100_000, dte=3, delta=0.9, mark=0.05, ask=0.051)
+    up = candidate(2, strike=110_000, dte=8, delta=0.1, bid=0.06, mark=0.0005, ask=0.0007)
+    roll = Action(action=ActionType.ROLL_COVERED_CALL, underlying="BTC", symbol=up.instrument_name,
+                  roll_from=p.instrument_name, size=0.1)
+    r = check_action_allowed(state(candidates=[up], positions=[p]), roll, tight)
+    assert not r.allowed and any("net delta (coin held 1.0000 + options)" in x for x in r.reasons)
+    assert check_action_allowed(state(candidates=[up], positions=[p]), roll, S).allowed  # no net limit by default

@@ -126,7 +126,7 @@ async def test_same_action_is_kept_a_different_one_supersedes(bot):
     _, d2 = await bot.tick()
     (p2,) = bot.store.pending_proposals()
     assert p2.id == p1.id  # same action on the same instrument: kept
-    other = d2.state["cand"][1][1]
+    other = d2.state["cand"][1]["name"]
     assert other != d2.final_action.symbol
     changed = d2.model_copy(update={"final_action": d2.final_action.model_copy(update={"symbol": other})})
     result = bot.approvals.propose(bot.store.record_decision(changed), changed)

@@ -91,7 +91,7 @@ def system_prompt(state: AgentState, settings: Settings) -> str:
         f"You never set a symbol, size or price: the code sizes every order at {g(s.default_order_size)} {u} and prices it "
         "from the book. Extra keys, unknown ids or a broken rule void your answer (then nothing is done).\n"
         f"Risk limits (a risk engine vetoes breaches): short calls <= {u} held; margin used <= {g(s.max_margin_used_pct)}%; "
-        f"|options delta| <= {g(s.max_net_delta_abs)} {u}; short calls per expiry <= {g(s.max_expiry_exposure)} {u}.\n"
+        f"|options delta| <= {g(s.max_options_delta_abs)} {u}; short calls per expiry <= {g(s.max_expiry_exposure)} {u}.\n"
         f"Profile {s.mode}: DTE {g(s.min_dte)}-{g(s.max_dte)} (target {g(s.target_dte)}), "
         f"delta {g(s.min_delta)}-{g(s.max_delta)} (target {g(s.target_delta)}), OTM >= {g(s.min_otm_pct)}%, "
         f"premium >= {g(s.min_premium)} {u}, annual yield >= {g(s.min_annual_yield_pct)}%.\n"

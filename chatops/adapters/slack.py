@@ -156,7 +156,7 @@ class SlackChannel(SlackInbound):
         self._registered = False
         self._started = False
         self.stats = {"posted": 0, "updated": 0, "ephemeral": 0, "responded": 0, "network_retries": 0,
-                      "outboxed": 0, "outbox_delivered": 0, "text_fallbacks": 0, "reposts": 0}
+                      "outboxed": 0, "outbox_delivered": 0, "text_fallbacks": 0, "reposts": 0, "uploaded": 0}
         self.delivery = DeliveryQueue(
             CHANNEL, core=lambda: self.core, deliver=self._deliver, give_up=(_GiveUp,), job_type=Job,
             outbox_interval=self.options.outbox_interval, outbox_backoff_max=self.options.outbox_backoff_max,

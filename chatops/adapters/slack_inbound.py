@@ -205,6 +205,8 @@ class SlackInbound:
             msg_text, blocks = reply_message(reply, pre=pre)
             kind = "in_channel" if public and reply.ok and not reply.private else "ephemeral"
             await self._respond(respond, channel, user, msg_text, blocks, kind)
+            if reply.photo and channel:
+                await self._upload(channel, reply.photo, reply.photo_name)
 
         if not self._authorized(user):
             await self._refuse(user, f"{self.command_name(word)} {text}")
@@ -221,6 +223,15 @@ class SlackInbound:
         line = f"{word} {text}".strip()
         reply = await self.core.handle_text(line, user, CHANNEL)  # type: ignore[union-attr, arg-type]
         await answer(reply, pre=word in PRE_COMMANDS and reply.card is None)
+
+    async def _upload(self, channel: str, png: bytes, name: str) -> None:
+        """A chart into the conversation (files can't be ephemeral): files_upload_v2, one line logged on failure."""
+        try:
+            await self._api(channel, "files_upload_v2", channel=channel, file=png, filename=name,
+                            title=name.rsplit(".", 1)[0])
+            self.stats["uploaded"] += 1
+        except Exception as exc:
+            log.warning("slack: could not upload %s: %s", name, self._clean(f"{type(exc).__name__}: {exc}"))
 
     async def _respond(self, respond: Any, channel: str | None, user: str | None, text: str,
                        blocks: list[dict[str, Any]], kind: str) -> None:

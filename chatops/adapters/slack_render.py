@@ -52,12 +52,15 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("resume", "Lift the pause", ""),
     ("ask", "Ask the agent a question", "<question> [public]"),
     ("whatif", "What the agent would do on a modified state", "spot=-5% iv=+10 [public]"),
+    ("pnl", "Premium, fees, settlements and P&L vs holding the coin, with a chart", "[30d] [public]"),
+    ("chart", "Spot against the short call's strike over time", "[30d] [public]"),
 )
-PRE_COMMANDS = frozenset({"status", "history", "pending"})  # tables: answered in a monospace block
+PRE_COMMANDS = frozenset({"status", "history", "pending", "pnl"})  # tables: answered in a monospace block
 NEEDS_TEXT = frozenset({"ask", "whatif"})
 
 NOTICE_LABELS = {"fill": "Fill", "failure": "Failure", "pause": "Kill switch", "llm_fallback": "LLM fallback",
-                 "daily_summary": "Daily summary", "watchdog": "Watchdog", "info": "Info"}
+                 "daily_summary": "Daily summary", "watchdog": "Watchdog", "info": "Info", "expiry": "Expiry",
+                 "deep_itm": "Deep in the money"}
 
 # chat.update errors after which the card is posted again instead.
 REPOST_ERRORS = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from telegram import (
+    InputFile,
     Message,
     Update,
 )
@@ -26,6 +27,7 @@ from .telegram_render import (
     PRE_COMMANDS,
     REASON_PROMPT,
     REASON_RE,
+    _chat_arg,
     _e,
     card_chunks,
     chunk_lines,
@@ -66,6 +68,17 @@ class TelegramInbound:
         else:
             return
         await self._send_text_job(chat, chunks, reply_to=message.message_id if message is not None else None)
+        if reply.photo:
+            await self._send_photo(chat, reply.photo, reply.photo_name)
+
+    async def _send_photo(self, chat: str, png: bytes, name: str) -> None:
+        """A chart as a photo (sendPhoto); one line logged if Telegram refuses it."""
+        bot = self.app.bot
+        try:
+            await self._api(chat, lambda: bot.send_photo(chat_id=_chat_arg(chat), photo=InputFile(png, filename=name)))
+            self.stats["photos"] = self.stats.get("photos", 0) + 1
+        except Exception as exc:
+            log.warning("telegram: could not send %s: %s", name, self._clean(f"{type(exc).__name__}: {exc}"))
 
     async def _on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         try:

@@ -32,7 +32,7 @@ LINE_PIECE = 600  # an over-long line is cut into pieces this long (escaped, it 
 CALLBACK_RE = re.compile(r"\A([arw]):([1-9][0-9]{0,11})\Z")
 REASON_PROMPT = "Reason for rejecting #{pid}? (optional: reply, or send /skip)"
 REASON_RE = re.compile(r"^Reason for rejecting #(\d{1,12})\?")
-PRE_COMMANDS = frozenset({"status", "history", "pending", "help", "start"})
+PRE_COMMANDS = frozenset({"status", "history", "pending", "help", "start", "pnl"})
 
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("status", "Account, positions, last tick, pending proposals, pause state"),
@@ -46,12 +46,15 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("resume", "Lift the pause"),
     ("ask", "Ask the agent: /ask <question>"),
     ("whatif", "What if: /whatif spot=-5% iv=+10"),
+    ("pnl", "P&L vs holding the coin, with a chart: /pnl [30d]"),
+    ("chart", "Spot against the short call's strike: /chart [30d]"),
     ("skip", "Reject without a reason after pressing Reject"),
     ("help", "Commands and buttons"),
 )
 
 NOTICE_LABELS = {"fill": "Fill", "failure": "Failure", "pause": "Kill switch", "llm_fallback": "LLM fallback",
-                 "daily_summary": "Daily summary", "watchdog": "Watchdog", "info": "Info"}
+                 "daily_summary": "Daily summary", "watchdog": "Watchdog", "info": "Info", "expiry": "Expiry",
+                 "deep_itm": "Deep in the money"}
 
 
 @dataclass(frozen=True)

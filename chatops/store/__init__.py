@@ -4,7 +4,7 @@ The package splits the store by job: `common` (vocabulary, row values, helpers),
 engine layer: SQLAlchemy Core over sqlite3 or psycopg 3, and the few places the two differ),
 `schema` (tables, migrations), `base` (the lock and the one write path), and one mixin
 module per kind of record (`events`, `decisions`, `proposals`, `flags`, `questions`, `messages`,
-`review`). `Store` puts them together.
+`review`, `ledger`). `Store` puts them together.
 
 Engines. `Store("data/chatops.db")` or `Store("sqlite:///...")` is an embedded SQLite file;
 `Store("postgresql://user:pass@host:5432/db")` is a PostgreSQL database. Every query below is
@@ -50,6 +50,7 @@ from .decisions import DecisionsMixin
 from .events import EventsMixin
 from .flags import FlagsMixin
 from .lease import LeaseLostError, LeaseMixin, LeaseState, lease_line, this_holder
+from .ledger import LedgerMixin
 from .messages import MessagesMixin
 from .orders import ClaimResult, OrdersMixin
 from .proposals import ProposalsMixin
@@ -61,7 +62,7 @@ from .schema import DECISION_COLUMNS, MIGRATIONS, SCHEMA_VERSION, connect, migra
 
 
 class Store(EventsMixin, DecisionsMixin, ProposalsMixin, FlagsMixin, QuestionsMixin, MessagesMixin, ReviewMixin,
-            OrdersMixin, ChainMixin, LeaseMixin, StoreBase):
+            LedgerMixin, OrdersMixin, ChainMixin, LeaseMixin, StoreBase):
     """The agent's database (SQLite file or PostgreSQL). Safe for one process's threads and
     asyncio loop plus other processes on the same database; see the package docstring for how."""
 

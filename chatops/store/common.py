@@ -35,7 +35,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 V1_APPEND_ONLY_TABLES = ("events", "votes", "decisions", "executions", "orders", "questions", "answers",
                          "llm_calls", "settings_changes", "config_snapshots")
 APPEND_ONLY_TABLES = V1_APPEND_ONLY_TABLES + ("order_events",)
-TABLES = APPEND_ONLY_TABLES + ("proposals", "flags", "messages", "outbox", "order_legs")
+TABLES = APPEND_ONLY_TABLES + ("proposals", "flags", "messages", "outbox", "order_legs", "ledger_fills",
+                               "ledger_settlements", "account_snapshots", "bot_runs", "notices_sent")
 
 LABEL_PREFIX = "cc-"
 GENESIS_HASH = "0" * 64
@@ -350,5 +351,7 @@ LLM_MODES = ("drive", "shadow", "ask")
 _TS_COLUMN = {"decisions": "ts", "proposals": "created_at", "votes": "ts", "events": "ts", "executions": "ts",
               "orders": "ts", "questions": "ts", "answers": "ts", "llm_calls": "ts", "settings_changes": "ts",
               "config_snapshots": "first_seen", "flags": "updated_at", "messages": "created_at",
-              "outbox": "created_at", "order_events": "ts", "order_legs": "updated_at"}
+              "outbox": "created_at", "order_events": "ts", "order_legs": "updated_at",
+              "ledger_fills": "ts", "ledger_settlements": "ts", "account_snapshots": "ts", "bot_runs": "started_at",
+              "notices_sent": "ts"}
 

@@ -310,15 +310,17 @@ class Database:
         return []
 
     def json_text(self, expr: str, key: str) -> str:
-        """The text value of top-level `key` of the JSON text `expr`."""
+        """The text value of `key` of the JSON text `expr` (a dotted key, `sel.delta`, goes down objects)."""
         if self.is_pg:
+            if "." in key:
+                return f"(({expr})::json #>> '{{{key.replace('.', ',')}}}')"
             return f"(({expr})::json ->> '{key}')"
         return f"json_extract({expr}, '$.{key}')"
 
     def json_number(self, expr: str, key: str) -> str:
-        """The numeric value of top-level `key` of the JSON text `expr`."""
+        """The numeric value of `key` of the JSON text `expr` (dotted as in `json_text`)."""
         if self.is_pg:
-            return f"(({expr})::json ->> '{key}')::double precision"
+            return f"{self.json_text(expr, key)}::double precision"
         return f"json_extract({expr}, '$.{key}')"
 
     def now_epoch(self) -> str:

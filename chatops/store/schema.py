@@ -338,6 +338,10 @@ def _m004_authority(db: Database) -> None:
 
 from .orders import _m005_order_tracking  # noqa: E402  (its DDL lives with its records)
 
+
+from .ledger import _m007_ledger  # noqa: E402  (its DDL lives with its records)
+
+
 Migration = tuple[str, Callable[[Database], None]]
 MIGRATIONS: tuple[Migration, ...] = (
     ("core", _m001_core),
@@ -346,6 +350,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("authority", _m004_authority),
     ("order_tracking", _m005_order_tracking),
     ("leader_lease", lease_migration),
+    ("ledger", _m007_ledger),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

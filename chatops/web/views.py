@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from agent.config import Settings
+from agent.tick import POS_KEYS, named
 
 from ..render import STATUS_WORDS, Card
 from ..store import STATUSES, Store, parse_ts, read_anchors
@@ -80,15 +81,13 @@ def exchange_kind(settings: Settings) -> str:
 
 
 def _positions(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Positions of a stored tick (lists today; named keys tolerated for later schemas)."""
+    """Positions of a stored tick (named keys; older rows positional)."""
     out = []
     for p in state.get("pos") or []:
-        if isinstance(p, dict):
-            out.append({k: p.get(k) for k in ("instrument_name", "size", "average_price", "mark", "delta", "dte")})
-        else:
-            name, size, avg, mark, delta, dte = (list(p) + [None] * 6)[:6]
-            out.append({"instrument_name": name, "size": size, "average_price": avg, "mark": mark, "delta": delta,
-                        "dte": dte})
+        row = named(p, POS_KEYS)
+        out.append({"instrument_name": row.get("name", row.get("instrument_name")), "size": row.get("size"),
+                    "average_price": row.get("avg", row.get("average_price")), "mark": row.get("mark"),
+                    "delta": row.get("delta"), "dte": row.get("dte")})
     return out
 
 

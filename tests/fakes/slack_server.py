@@ -112,6 +112,7 @@ class FakeSlack:
         self.ephemerals: list[dict[str, Any]] = []
         self.views: list[dict[str, Any]] = []
         self.responses: list[Response] = []
+        self.uploads: dict[str, dict[str, Any]] = {}  # file id -> filename, length, bytes, then channel, title
         self.failures: dict[str, list[Failure]] = {}
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
@@ -271,6 +272,39 @@ class FakeSlack:
         self.views.append({"trigger_id": p["trigger_id"], "view": view, "id": vid})
         return {"view": {"id": vid, **view}}
 
+    # files_upload_v2: getUploadURLExternal, a POST of the bytes to that URL, completeUploadExternal.
+
+    def api_files_getUploadURLExternal(self, p: dict[str, Any]) -> dict[str, Any] | str:
+        if not p.get("filename") or not str(p.get("length") or "").isdigit():
+            return "invalid_arguments"
+        fid = f"F{next(self._ids)}"
+        self.uploads[fid] = {"filename": p["filename"], "length": int(p["length"]), "data": None}
+        return {"upload_url": f"{self.root_url}/upload/{fid}", "file_id": fid}
+
+    async def handle_upload(self, request: web.Request) -> web.Response:
+        fid = request.match_info["fid"]
+        if fid not in self.uploads:
+            return web.Response(status=404, text="no such upload")
+        self.uploads[fid]["data"] = await request.read()
+        return web.Response(text=f"OK - {len(self.uploads[fid]['data'])}")
+
+    def api_files_completeUploadExternal(self, p: dict[str, Any]) -> dict[str, Any] | str:
+        files = p.get("files")
+        if isinstance(files, str):
+            files = json.loads(files)
+        out = []
+        for f in files or []:
+            up = self.uploads.get(f.get("id"))
+            if up is None or up["data"] is None:
+                return "file_not_found"
+            up.update(channel=p.get("channel_id"), title=f.get("title"), comment=p.get("initial_comment"))
+            out.append({"id": f["id"], "name": up["filename"], "title": f.get("title"), "size": len(up["data"])})
+        return {"files": out}
+
+    def files_shared(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Uploads completed (into `channel`, if given), with their bytes."""
+        return [u for u in self.uploads.values() if u.get("channel") and (channel is None or u["channel"] == channel)]
+
     async def handle_respond(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.responses.append(Response(request.match_info["key"], body, time.monotonic()))
@@ -320,6 +354,7 @@ async def fake_slack_server(bot_token: str = BOT_TOKEN, app_token: str = APP_TOK
     app.router.add_post("/api/{method}", fake.handle_api)
     app.router.add_get("/api/{method}", fake.handle_api)
     app.router.add_post("/respond/{key}", fake.handle_respond)
+    app.router.add_post("/upload/{fid}", fake.handle_upload)
     app.router.add_get("/socket-mode/link", fake.handle_socket)
     runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
     await runner.setup()

@@ -130,6 +130,7 @@ class FakeTelegram:
     callback_answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # query id -> params
     commands: list[dict[str, Any]] = field(default_factory=list)
     unknown_methods: list[str] = field(default_factory=list)
+    photos: list[dict[str, Any]] = field(default_factory=list)  # uploads to sendPhoto: chat_id, filename, data
     served_at: dict[int, float] = field(default_factory=dict)  # update_id -> monotonic time handed out
     query_updates: dict[str, int] = field(default_factory=dict)  # callback query id -> its update_id
     failures: dict[str, list[Failure]] = field(default_factory=dict)
@@ -282,7 +283,7 @@ class FakeTelegram:
         out: dict[str, Any] = {}
         for key, value in form.items():
             if not isinstance(value, str):  # an uploaded file
-                out[key] = {"filename": getattr(value, "filename", None)}
+                out[key] = {"filename": getattr(value, "filename", None), "data": value.file.read()}
                 continue
             if key in STRING_FIELDS:
                 out[key] = value
@@ -408,6 +409,9 @@ class FakeTelegram:
 
     async def _m_sendPhoto(self, p: dict[str, Any]):
         chat_id = _norm_chat(p.get("chat_id"))
+        photo = p.get("photo")
+        if isinstance(photo, dict):  # an upload (not a file_id or URL): keep its bytes for the test to check
+            self.photos.append({"chat_id": chat_id, "filename": photo.get("filename"), "data": photo.get("data") or b""})
         m = StoredMessage(chat_id, self._next_id(chat_id), str(p.get("caption") or "[photo]"), p.get("parse_mode"),
                           p.get("reply_markup"), from_bot=True)
         self.messages[(chat_id, m.message_id)] = m
