@@ -61,12 +61,12 @@ COINS = ("BTC", "ETH")
 # Deribit's minimum option trade per coin (and the size step): an order size must be a multiple.
 MIN_TRADE = {"BTC": 0.1, "ETH": 1.0}
 # Settings a coin may override with NAME_<COIN> (DEFAULT_ORDER_SIZE_ETH=2): `Settings.for_underlying`.
-PER_COIN = ("default_order_size", "max_expiry_exposure", "max_net_delta_abs", "auto_approve_max_size",
+PER_COIN = ("default_order_size", "max_expiry_exposure", "max_options_delta_abs", "max_net_delta_abs", "auto_approve_max_size",
             "min_premium", "min_open_interest")
 # A coin's own default where the plain default does not fit it (ETH trades in whole coins). Used
 # when neither NAME_<COIN> nor the plain NAME is set.
 COIN_DEFAULTS: dict[str, dict[str, float]] = {
-    "ETH": {"default_order_size": 1.0, "max_expiry_exposure": 5.0, "max_net_delta_abs": 10.0},
+    "ETH": {"default_order_size": 1.0, "max_expiry_exposure": 5.0, "max_options_delta_abs": 10.0},
 }
 
 
@@ -76,7 +76,8 @@ class ConfigError(Exception):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, case_sensitive=False
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, case_sensitive=False,
+        allow_inf_nan=False,  # inf and nan are never a setting: APPROVAL_TTL_SEC=inf would disable a check
     )
 
     # Exchange
@@ -95,9 +96,9 @@ class Settings(BaseSettings):
     # exchange served by `chatops paper-exchange`; otherwise it runs one in process.
     paper_exchange_url: str | None = None
     paper_state_path: str | None = None  # default data/paper_exchange.json (both coins, one state)
-    paper_seed: int = 7
-    paper_equity: float = Field(1.0, ge=0)
-    paper_speed: float | None = Field(None, gt=0)  # simulated clock speed factor; None = wall time
+    paper_seed: int = Field(7, ge=0, le=2**31 - 1)
+    paper_equity: float = Field(1.0, ge=0, le=1_000_000)
+    paper_speed: float | None = Field(None, gt=0, le=100_000)  # simulated clock speed factor; None = wall time
     paper_client_id: str | None = None
     paper_client_secret: SecretStr | None = None
 
@@ -108,68 +109,70 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     llm_timeout_sec: float = Field(30.0, gt=0, le=600)
-    llm_daily_token_budget: int = Field(200_000, ge=0)
+    llm_daily_token_budget: int = Field(200_000, ge=0, le=1_000_000_000)
     llm_fallback_alert_pct: float = Field(30.0, ge=0, le=100)
     # USD per million tokens; None: from the model's row in agent.llm.caps.PRICES (0 if unlisted)
-    llm_price_in_per_mtok: float | None = Field(None, ge=0)
-    llm_price_out_per_mtok: float | None = Field(None, ge=0)
+    llm_price_in_per_mtok: float | None = Field(None, ge=0, le=10_000)
+    llm_price_out_per_mtok: float | None = Field(None, ge=0, le=10_000)
     # Reasoning models (o1, o3, o4, gpt-5 and later): how hard they think before answering
     llm_reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] = "low"
 
     # Policy profile and its values (None: from the profile)
     mode: Literal["conservative", "research"] = "conservative"
-    min_dte: float | None = Field(None, ge=0)
-    max_dte: float | None = Field(None, gt=0)
-    target_dte: float | None = Field(None, gt=0)
+    min_dte: float | None = Field(None, ge=0, le=365)
+    max_dte: float | None = Field(None, gt=0, le=365)
+    target_dte: float | None = Field(None, gt=0, le=365)
     min_delta: float | None = Field(None, gt=0, lt=1)
     max_delta: float | None = Field(None, gt=0, lt=1)
     target_delta: float | None = Field(None, gt=0, lt=1)
-    min_otm_pct: float | None = Field(None, ge=0)
-    min_premium: float | None = Field(None, ge=0)
-    min_annual_yield_pct: float | None = Field(None, ge=0)
-    max_spread_pct: float | None = Field(None, gt=0)
-    min_open_interest: float | None = Field(None, ge=0)
+    min_otm_pct: float | None = Field(None, ge=0, le=100)
+    min_premium: float | None = Field(None, ge=0, le=1)
+    min_annual_yield_pct: float | None = Field(None, ge=0, le=1000)
+    max_spread_pct: float | None = Field(None, gt=0, le=1000)
+    min_open_interest: float | None = Field(None, ge=0, le=1_000_000_000)
 
     # Managing an open call
     close_capture_pct: float = Field(80.0, gt=0, le=100)
-    close_min_hours_left: float = Field(48.0, ge=0)
-    expire_hours: float = Field(24.0, ge=0)
+    close_min_hours_left: float = Field(48.0, ge=0, le=8760)
+    expire_hours: float = Field(24.0, ge=0, le=8760)
     expire_max_delta: float = Field(0.05, ge=0, lt=1)
     roll_trigger_delta: float = Field(0.50, gt=0, lt=1)
-    roll_trigger_spot_pct: float = Field(98.0, gt=0)
+    roll_trigger_spot_pct: float = Field(98.0, gt=0, le=1000)
     # Where a roll may go, searched over the whole chain (None: from the profile)
-    roll_min_dte: float | None = Field(None, ge=0)
-    roll_max_dte: float | None = Field(None, gt=0)
+    roll_min_dte: float | None = Field(None, ge=0, le=3650)
+    roll_max_dte: float | None = Field(None, gt=0, le=3650)
     roll_target_delta: float | None = Field(None, gt=0, lt=1)
     roll_max_delta: float | None = Field(None, gt=0, lt=1)
     deep_itm_delta: float = Field(0.80, gt=0, le=1)  # a short this deep with no credit roll: told once in chat
-    max_rolls: int = Field(3, ge=0)
-    hysteresis_min: float = Field(60.0, ge=0)
-    reject_cooldown_min: float = Field(60.0, ge=0)  # a rejected action is not proposed again for this long
+    max_rolls: int = Field(3, ge=0, le=100)
+    hysteresis_min: float = Field(60.0, ge=0, le=10_080)
+    reject_cooldown_min: float = Field(60.0, ge=0, le=10_080)  # a rejected action is not proposed again for this long
 
     # Sizing and risk
-    default_order_size: float = Field(0.1, gt=0)
+    default_order_size: float = Field(0.1, gt=0, le=10_000)  # per coin: DEFAULT_ORDER_SIZE_<COIN>; ETH defaults to 1
     max_margin_used_pct: float = Field(50.0, gt=0, le=100)
     # Deltas are premium-adjusted, as Deribit's options_delta. MAX_OPTIONS_DELTA_ABS bounds the options
     # book alone; MAX_NET_DELTA_ABS the coin held plus the options book (None: no net limit).
-    max_options_delta_abs: float = Field(1.0, ge=0)
-    max_net_delta_abs: float | None = Field(None, ge=0)
-    max_expiry_exposure: float = Field(0.5, ge=0)
-    max_state_age_sec: float = Field(30.0, gt=0)
+    max_options_delta_abs: float = Field(1.0, ge=0, le=100_000)
+    max_net_delta_abs: float | None = Field(None, ge=0, le=100_000)
+    max_expiry_exposure: float = Field(0.5, ge=0, le=100_000)
+    max_state_age_sec: float = Field(30.0, gt=0, le=3600)
     max_slippage_pct: float = Field(10.0, ge=0, le=100)  # BTC option spreads are wide: 1 tick of 0.0005 is ~4 % of a 0.012 premium
     # Per coin (PER_COIN): NAME_BTC / NAME_ETH override NAME for that coin; None: NAME (or COIN_DEFAULTS)
-    default_order_size_btc: float | None = Field(None, gt=0)
-    default_order_size_eth: float | None = Field(None, gt=0)
-    max_expiry_exposure_btc: float | None = Field(None, ge=0)
-    max_expiry_exposure_eth: float | None = Field(None, ge=0)
-    max_net_delta_abs_btc: float | None = Field(None, ge=0)
-    max_net_delta_abs_eth: float | None = Field(None, ge=0)
-    auto_approve_max_size_btc: float | None = Field(None, gt=0)
-    auto_approve_max_size_eth: float | None = Field(None, gt=0)
-    min_premium_btc: float | None = Field(None, ge=0)
-    min_premium_eth: float | None = Field(None, ge=0)
-    min_open_interest_btc: float | None = Field(None, ge=0)
-    min_open_interest_eth: float | None = Field(None, ge=0)
+    default_order_size_btc: float | None = Field(None, gt=0, le=10_000)
+    default_order_size_eth: float | None = Field(None, gt=0, le=10_000)
+    max_expiry_exposure_btc: float | None = Field(None, ge=0, le=100_000)
+    max_expiry_exposure_eth: float | None = Field(None, ge=0, le=100_000)
+    max_options_delta_abs_btc: float | None = Field(None, ge=0, le=100_000)
+    max_options_delta_abs_eth: float | None = Field(None, ge=0, le=100_000)
+    max_net_delta_abs_btc: float | None = Field(None, ge=0, le=100_000)
+    max_net_delta_abs_eth: float | None = Field(None, ge=0, le=100_000)
+    auto_approve_max_size_btc: float | None = Field(None, gt=0, le=10_000)
+    auto_approve_max_size_eth: float | None = Field(None, gt=0, le=10_000)
+    min_premium_btc: float | None = Field(None, ge=0, le=1)
+    min_premium_eth: float | None = Field(None, ge=0, le=1)
+    min_open_interest_btc: float | None = Field(None, ge=0, le=1_000_000_000)
+    min_open_interest_eth: float | None = Field(None, ge=0, le=1_000_000_000)
 
     # Working orders (agent/orders.py): start at the mid, step toward the touch every
     # ORDER_REPRICE_SEC, cancel what still rests after ORDER_TIMEOUT_SEC. A send whose answer was
@@ -179,12 +182,12 @@ class Settings(BaseSettings):
     order_unknown_giveup_sec: float = Field(60.0, ge=0.01, le=86400)
 
     # Loop and approvals
-    loop_interval_sec: float = Field(300.0, ge=1)
+    loop_interval_sec: float = Field(300.0, ge=1, le=86_400)
     approval_mode: Literal["manual", "auto"] = "manual"
-    approval_ttl_sec: float = Field(300.0, ge=5)
+    approval_ttl_sec: float = Field(300.0, ge=5, le=604_800)
     approvals_required: int = Field(1, ge=1, le=10)
-    max_price_drift_pct: float = Field(10.0, ge=0)
-    auto_approve_max_size: float | None = Field(None, gt=0)  # None: DEFAULT_ORDER_SIZE
+    max_price_drift_pct: float = Field(10.0, ge=0, le=100)
+    auto_approve_max_size: float | None = Field(None, gt=0, le=10_000)  # None: DEFAULT_ORDER_SIZE
     database_path: str = "data/chatops.db"
     # sqlite:///path or postgresql://user:pass@host:port/db; unset: SQLite at DATABASE_PATH. A secret
     # (it may hold a password): shown as '***' everywhere.
@@ -193,10 +196,11 @@ class Settings(BaseSettings):
 
     # Who may decide, and tamper evidence (chatops/identity.py, chatops/store/chain.py)
     people_file: str | None = None  # TOML: persons, their identity per channel, their role
-    audit_anchor_file: str = "data/audit-anchors.log"  # append-only copy of chain heads, outside the database
+    audit_anchor_file: str | None = None  # append-only copy of chain heads; None: audit-anchors.log beside the database
     audit_anchor_every: int = Field(100, ge=1, le=1_000_000)  # events between two anchors
 
     # Channels
+    outbox_max_attempts: int = Field(20, ge=1, le=1000)  # an undeliverable message is given up after this (or a day)
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: str | None = None
     telegram_allowed_user_ids: CommaList = ()
@@ -371,6 +375,11 @@ class Settings(BaseSettings):
         return self.paper_state_path or str(Path("data") / "paper_exchange.json")
 
     @property
+    def effective_audit_anchor_file(self) -> str:
+        """AUDIT_ANCHOR_FILE, else audit-anchors.log in the database's directory (data/ by default)."""
+        return self.audit_anchor_file or str(Path(self.database_path).parent / "audit-anchors.log")
+
+    @property
     def effective_console_users(self) -> tuple[str, ...]:
         return self.console_allowed_users or (_os_user(),)
 
@@ -462,4 +471,22 @@ def _one_line(exc: ValidationError) -> str:
         return f"config error: {msg}"
     value = err.get("input")
     shown = REDACTED if name.lower() in SECRET_FIELDS else repr(value)
-    return f"config error: {name}={shown} is not allowed: {msg}"
+    allowed = value_range(name.lower())
+    return f"config error: {name}={shown} is not allowed: {msg}" + (f" (allowed: {allowed})" if allowed else "")
+
+
+def value_range(name: str) -> str | None:
+    """The allowed range of a numeric setting as text ("1 <= x <= 86400"), or None."""
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return None
+    lo = hi = None
+    for m in field.metadata:
+        for attr, sym in (("ge", "<="), ("gt", "<")):
+            if getattr(m, attr, None) is not None:
+                lo = f"{getattr(m, attr):g} {sym} "
+        for attr, sym in (("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                hi = f" {sym} {getattr(m, attr):g}"
+    return f"{lo or ''}x{hi or ''}" if lo or hi else None
+

@@ -82,7 +82,8 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
                                 "than MAX_PRICE_DRIFT_PCT)"),
     ],
     "Sizing and risk": [
-        ("default_order_size", "contracts (coin) per order"),
+        ("default_order_size", "contracts (coin) per order; under the option minimum stops start-up",
+         "by UNDERLYING: 0.1 BTC, 1 ETH"),
         ("max_margin_used_pct", "risk: block when margin used would exceed this %"),
         ("max_options_delta_abs", "risk: block when the options book's delta (coin, premium-adjusted as Deribit's "
                                   "options_delta) would exceed this"),
@@ -101,8 +102,10 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("default_order_size_eth", "DEFAULT_ORDER_SIZE for ETH (at least 1; rounded down to a whole number)", "DEFAULT_ORDER_SIZE if set, else 1"),
         ("max_expiry_exposure_btc", "MAX_EXPIRY_EXPOSURE for BTC", "MAX_EXPIRY_EXPOSURE"),
         ("max_expiry_exposure_eth", "MAX_EXPIRY_EXPOSURE for ETH", "MAX_EXPIRY_EXPOSURE if set, else 5"),
+        ("max_options_delta_abs_btc", "MAX_OPTIONS_DELTA_ABS for BTC", "MAX_OPTIONS_DELTA_ABS"),
+        ("max_options_delta_abs_eth", "MAX_OPTIONS_DELTA_ABS for ETH", "MAX_OPTIONS_DELTA_ABS if set, else 10"),
         ("max_net_delta_abs_btc", "MAX_NET_DELTA_ABS for BTC", "MAX_NET_DELTA_ABS"),
-        ("max_net_delta_abs_eth", "MAX_NET_DELTA_ABS for ETH", "MAX_NET_DELTA_ABS if set, else 10"),
+        ("max_net_delta_abs_eth", "MAX_NET_DELTA_ABS for ETH", "MAX_NET_DELTA_ABS"),
         ("auto_approve_max_size_btc", "AUTO_APPROVE_MAX_SIZE for BTC", "AUTO_APPROVE_MAX_SIZE"),
         ("auto_approve_max_size_eth", "AUTO_APPROVE_MAX_SIZE for ETH", "AUTO_APPROVE_MAX_SIZE"),
         ("min_premium_btc", "MIN_PREMIUM for BTC", "MIN_PREMIUM"),
@@ -125,8 +128,9 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
     ],
     "Who may decide, and tamper evidence": [
         ("people_file", "TOML file of persons: their identity on each channel and their role", "none: the allowlists"),
-        ("audit_anchor_file", "append-only copy of the audit chain's heads, kept outside the database"),
-        ("audit_anchor_every", "events between two anchors written to AUDIT_ANCHOR_FILE"),
+        ("audit_anchor_file", "append-only copy of the audit chain's heads, kept outside the database",
+         "audit-anchors.log beside DATABASE_PATH: data/audit-anchors.log"),
+        ("audit_anchor_every", "audit-chain entries between two anchors written to AUDIT_ANCHOR_FILE (also at every stop)"),
     ],
     "Web dashboard and REST API (served by `chatops run` unless WEB_PORT=0)": [
         ("web_host", "address the dashboard listens on (127.0.0.1: this machine only)"),
@@ -151,6 +155,8 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("slack_command", "the one slash command, /cc status, /cc why 3 ... (empty: none)"),
         ("slack_legacy_commands", "true: also the old per-command form /status, /why ... (with SLACK_COMMAND_PREFIX)"),
         ("slack_command_prefix", "legacy commands only: cc- gives /cc-status, /cc-why ..."),
+        ("outbox_max_attempts", "a chat message that cannot be delivered is given up after this many attempts "
+                                "(or a day), with an alert on the other channels"),
         ("console_allowed_users", "OS users the terminal and the CLI accept, comma-separated", "the current OS user"),
         ("console_enabled", "the terminal channel on or off", "on when no chat channel is configured"),
     ],

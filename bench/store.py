@@ -245,7 +245,7 @@ def build(target: str, n: int, rng: random.Random) -> dict:
         messages.append((pid, "telegram", "-1001234567", str(10_000 + pid), created, created))
         if status in ("executed", "failed", "blocked", "rejected"):
             vote = "reject" if status == "rejected" else "approve"
-            votes.append((pid, "alice", "telegram", vote, None, decided))
+            votes.append((pid, "alice", "telegram", vote, None, decided, "telegram:alice"))
             event(decided, "vote", pid, None, "alice", "telegram", None, {"vote": vote})
             event(decided, f"proposal_{'rejected' if vote == 'reject' else 'approved'}", pid, did, "alice", "telegram",
                   None, {"from": "pending", "to": "rejected" if vote == "reject" else "approved"})

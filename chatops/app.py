@@ -15,7 +15,7 @@ from agent.exchange import Exchange, open_exchange
 from agent.models import ActionType, Decision
 from agent.tick import POS_KEYS, named, run_tick
 
-from . import render
+from . import redact, render
 from .approvals import ApprovalService
 from .ask import Asker
 from .core import Core
@@ -47,6 +47,7 @@ class Bot:
     def __init__(self, settings: Settings, *, exchange: Exchange | None = None, store: Store | None = None,
                  channels: list | None = None, llm_client: Any = None, web: Any = None, lead: bool = False) -> None:
         self.settings = settings
+        redact.configure(settings)  # the one redactor knows this bot's secrets before anything is stored or sent
         self.exchange = exchange or open_exchange(settings)
         # The store stamps rows with market time, so TTLs and timestamps agree under a simulated clock.
         self.store = store or Store(settings.database_target, now=self.now)
@@ -77,6 +78,7 @@ class Bot:
         self._tick_lock = asyncio.Lock()
         self._fallback_reasons: deque[str] = deque(maxlen=50)  # of the recent LLM fallbacks, for the alert
         self._fallback_alerted = False  # said once per spell of LLM fallbacks over the threshold
+        self._anchored = self.store.audit_head().count  # chain entries covered by the last anchor written
         self.ledger = LedgerService(self.store, settings.underlying, self.core.notify)
         self.ledgers: dict[str, LedgerService] = {}  # the other coins of UNDERLYING=BTC,ETH
         self.run_id: int | None = None
@@ -210,6 +212,7 @@ class Bot:
             if self.run_id is not None:
                 self.store.bot_heartbeat(self.run_id, stopped=True)
             self.store.append_event("bot_stopped", actor="agent", channel="bot", reason="clean stop")
+            self.anchor("stop", force=True)
         except LeaseLostError:
             pass  # a deposed leader writes nothing more
         if self.leader is not None:
@@ -233,15 +236,16 @@ class Bot:
             except DeribitError as exc:
                 self.failures_by[coin] += 1
                 self.errors_by[coin] = str(exc)
-                self.store.append_event("tick_failed", actor="agent", channel="scheduler", reason=f"{coin}: {exc}"[:500])
+                await self.core._off_loop(self.store.append_event, "tick_failed", actor="agent", channel="scheduler",
+                                          reason=f"{coin}: {exc}"[:500])
                 log.error("tick%s failed: %s", on, exc)
                 if self.failures_by[coin] == 3:
                     await self.core.notify("watchdog", f"The exchange failed 3 ticks in a row{on}: {exc}")
                 return None, None
             except Exception as exc:  # a tick that raises is recorded and the loop goes on
                 self.errors_by[coin] = f"{type(exc).__name__}: {exc}"
-                self.store.append_event("tick_failed", actor="agent", channel="scheduler",
-                                        reason=f"{coin}: {self.errors_by[coin]}"[:500])
+                await self.core._off_loop(self.store.append_event, "tick_failed", actor="agent", channel="scheduler",
+                                          reason=f"{coin}: {self.errors_by[coin]}"[:500])
                 log.exception("tick%s failed", on)
                 return None, None
 
@@ -256,7 +260,8 @@ class Bot:
         off = "daily token budget spent" if brain is None and self.llm.drives else None
         decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,
                                   llm_brain=brain, llm_off_reason=off, state_hook=self._keep_state)
-        decision_id = self.store.record_decision(decision)
+        # Writes in a thread: a locked database delays the tick's record, not the buttons.
+        decision_id = await asyncio.to_thread(self.store.record_decision, decision)
         self.ticks_done += 1
         self.ticks_by[coin] += 1
         self.failures_by[coin] = 0
@@ -271,11 +276,11 @@ class Bot:
             nxt = datetime.now(timezone.utc) + timedelta(seconds=self.interval)
             await self.core.quiet(render.quiet_tick(decision_id, decision.timestamp, decision.final_action.reasoning,
                                                     cands[0] if cands else None, nxt))
-        result = self.approvals.propose(decision_id, decision)
+        result = await asyncio.to_thread(self.approvals.propose, decision_id, decision)
         for old in result.superseded:
             await self.core.refresh_proposal(old)
         if result.kind == "created" and result.proposal_id is not None:
-            self.approvals.auto_approve(result.proposal_id)
+            await asyncio.to_thread(self.approvals.auto_approve, result.proposal_id)
             await self.core.broadcast_proposal(result.proposal_id)
             await self.executor.execute_approved()
         return decision_id, decision
@@ -325,14 +330,33 @@ class Bot:
             self._fallback_alerted = False
 
     async def sweep(self) -> None:
-        """Expire what is due, execute what is approved (from any process), and follow every order
-        still working or whose outcome is not known yet."""
+        """Expire what is due, execute what is approved (from any process), follow every order still
+        working or whose outcome is not known yet, and anchor the audit chain."""
         await self.core.announce_pause_change()
-        for pid in self.approvals.expire_due():
+        for pid in await asyncio.to_thread(self.approvals.expire_due):
             await self.core.refresh_proposal(pid)
         if not self.approvals.is_paused():
             await self.executor.execute_approved()
         await self.executor.follow()
+        self.anchor(f"every {self.settings.audit_anchor_every}")
+
+    def anchor(self, why: str, *, force: bool = False):
+        """Append the audit chain's head to AUDIT_ANCHOR_FILE when AUDIT_ANCHOR_EVERY entries were
+        added since the last anchor (or whenever it moved, with force); the head, or None."""
+        from .store.chain import append_anchor
+
+        head = self.store.audit_head()
+        due = head.count - self._anchored
+        if due <= 0 or (not force and due < self.settings.audit_anchor_every):
+            return None
+        try:
+            append_anchor(self.settings.effective_audit_anchor_file, head, why=why)
+        except OSError as exc:  # never stops the bot; said in the log, tried again next sweep
+            log.error("audit anchor not written to %s: %s", self.settings.effective_audit_anchor_file, exc)
+            return None
+        self._anchored = head.count
+        return head
+
 
     async def pick_up_votes(self) -> bool:
         """Execute what another process approved, as soon as it commits: PRAGMA data_version (behind
@@ -398,6 +422,9 @@ class Bot:
             last = self.store.last_decision(underlying=coin)
             pos = [named(p, POS_KEYS) for p in ((last or {}).get("state") or {}).get("pos") or []]
             text += f" {coin} " + pnl_mod.daily_text(self.store, coin, self.now(), pos)
+        # The chain's head, outside the database: `chatops audit verify --head HASH:N` checks it later.
+        self.anchor("daily summary", force=True)
+        text += f" Audit head {self.store.audit_head().as_text()}."
         await self.core.notify("daily_summary", text)
 
     def watchdog_problem(self) -> str | None:

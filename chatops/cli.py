@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the bot: ticks on a schedule, proposals to chat, approvals executed")
     r.add_argument("--ticks", type=int, help="stop after N ticks, once nothing is left pending")
-    r.add_argument("--interval", type=float, help="seconds between ticks (default LOOP_INTERVAL_SEC)")
+    r.add_argument("--interval", help="seconds between ticks (default LOOP_INTERVAL_SEC; the same range)")
     r.add_argument("--auto", action="store_true", help="unattended: APPROVAL_MODE=auto for this run")
     r.add_argument("--reset-paper", action="store_true", help="start the in-process paper exchange afresh")
 
@@ -123,7 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="file (default: stdout)")
     ex.add_argument("--since", help=_SINCE_HELP)
     ex.add_argument("--until", help=_UNTIL_HELP)
-    asub.add_parser("verify", help="recompute the events hash chain; name the first broken row")
+    vf = asub.add_parser("verify", help="recompute the audit chain (every audit table) and check it against anchors")
+    vf.add_argument("--anchors", help="anchor file (default AUDIT_ANCHOR_FILE, when it exists)")
+    vf.add_argument("--head", action="append", default=[], metavar="HASH:N",
+                    help="a head kept elsewhere (as `audit head` printed it); repeatable")
+    asub.add_parser("head", help="the audit chain's head: HASH:N (keep a copy where this machine cannot rewrite it)")
     shd = asub.add_parser("shadow", help="rules vs LLM in shadow mode: agreement, confusion matrix, strikes and DTE")
     shd.add_argument("--since", help=_SINCE_HELP)
     shd.add_argument("--json", action="store_true", help=_JSON_HELP)
@@ -186,6 +190,8 @@ def _main(argv: list[str] | None) -> int:
         overrides: dict[str, Any] = {}
         if getattr(args, "auto", False):
             overrides["approval_mode"] = "auto"
+        if getattr(args, "interval", None) is not None:  # checked exactly as LOOP_INTERVAL_SEC is
+            overrides["loop_interval_sec"] = args.interval
         settings = load_settings(**overrides)
         return _dispatch(args, settings)
     except ConfigError as exc:
@@ -271,7 +277,7 @@ async def _run(settings: Settings, args) -> int:
     bot = Bot(settings, exchange=open_exchange(settings, reset_paper=args.reset_paper), lead=True)
     bot.log_file = log_file_path(settings, "console" in enabled_channel_names(settings))
     await bot.start()  # stands by until this bot holds the leader lease
-    runner = BotRunner(bot, interval=args.interval, ticks=args.ticks)
+    runner = BotRunner(bot, interval=settings.loop_interval_sec, ticks=args.ticks)
     try:
         await runner.run()
     finally:

@@ -1,4 +1,4 @@
-"""`chatops audit ...`: list, show, export, verify and shadow; the filters and the event kinds.
+"""`chatops audit ...`: list, show, export, head, verify and shadow; the filters and the event kinds.
 
 Split from chatops/cli.py (by job). Bad filter values are one-line `ConfigError`s.
 """
@@ -24,7 +24,8 @@ PROPOSAL_STATUSES = ("pending", "approved", "executing", "executed", "failed", "
 # Every kind of row the events table holds (tests/test_cli.py checks the code writes no other).
 EVENT_KINDS = ("proposal_created", *(f"proposal_{s}" for s in PROPOSAL_STATUSES if s != "pending"), "vote",
                "execution_recorded", "unauthorized", "unauthorized_vote", "auto_approve_declined", "flag_set",
-               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed", "cancel_requested", "leader_elected",
+               "setting_changed", "notice", "bot_started", "bot_stopped", "tick_failed", "cancel_requested", "outbox_gave_up",
+               "leader_elected",
                *(f"order_{k}" for k in ("sent", "unknown", "found", "fill", "partial_fill", "repriced", "cancelled",
                                         "rejected", "not_found")))
 
@@ -83,13 +84,11 @@ def audit(store, settings: Settings, args) -> int:
     from . import render
 
     sub = args.audit_cmd
+    if sub == "head":
+        print(store.audit_head().as_text())
+        return 0
     if sub == "verify":
-        report = store.verify_chain()
-        if report.ok:
-            print(f"audit chain OK: {report.checked} events verified")
-            return 0
-        print(f"audit chain BROKEN at event {report.first_broken_id}: {report.reason} ({report.checked} checked)")
-        return 1
+        return _verify(store, settings, args)
     if sub == "show":
         story = store.proposal_story(args.id)
         if not story:
@@ -131,6 +130,31 @@ def audit(store, settings: Settings, args) -> int:
     return 0
 
 
+def _verify(store, settings: Settings, args) -> int:
+    """The events chain, the audit chain over every audit table, and every anchor given."""
+    from .store import parse_head, read_anchors
+
+    anchors = []
+    path = Path(args.anchors or settings.effective_audit_anchor_file)
+    try:
+        if args.anchors or path.exists():
+            anchors += read_anchors(path)
+        anchors += [parse_head(h) for h in args.head]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"audit verify: {exc}") from None
+    events = store.verify_chain()
+    report = store.verify_audit(anchors)
+    if not events.ok:
+        report.ok = False
+        report.problems.insert(0, f"event {events.first_broken_id}: {events.reason}")
+    print(report.as_text())
+    for line in report.problems[1:]:
+        print(f"  also: {line}")
+    if report.ok and not anchors:
+        print("  (no anchor given: a cut-off tail or a rewritten suffix shows only against a head kept elsewhere)")
+    return 0 if report.ok else 1
+
+
 def _known_kinds(store) -> tuple[str, ...]:
     """The kinds this code writes, and any other a database holds (older or newer versions)."""
     try:
@@ -146,7 +170,11 @@ def _short(v: Any, n: int = 60) -> str:
 
 
 def _export(store, args) -> int:
-    rows = store.iter_rows(args.table, since=_when(args.since, store.now()), until=_when(args.until, store.now()))
+    from .redact import redact_value
+
+    # Redacted again on the way out: rows written before the store redacted are exported clean too.
+    rows = (redact_value(r) for r in store.iter_rows(args.table, since=_when(args.since, store.now()),
+                                                       until=_when(args.until, store.now())))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     total = store.count(args.table) if args.out else None
     n = 0

@@ -21,13 +21,15 @@ from agent.tick import POS_KEYS, named
 from . import render
 from .adapters.base import HELP_TEXT, Channel, Notice, Reply
 from .approvals import ApprovalService
-from .store import Store
+from .store import Store, StoreBusyError
 
 if TYPE_CHECKING:
     from .ask import Asker
     from .engine import Executor
 
 log = logging.getLogger(__name__)
+
+WRITE_WAIT_S = 0.5  # how long an answer waits for the record of a refusal or a notice (ms normally)
 
 
 class Core:
@@ -66,8 +68,25 @@ class Core:
         return self.approvals.is_authorized(channel, str(user))
 
     async def record_unauthorized(self, channel: str, user: str, what: str) -> None:
-        self.store.append_event("unauthorized", actor=str(user), channel=channel, reason=f"refused: {what[:200]}")
+        """Recorded off the loop, not awaited: a refusal is answered at once, even with the database locked."""
         log.warning("unauthorized %s by %s on %s", what[:80], user, channel)
+        await self._record_soon(self.store.append_event, "unauthorized", actor=str(user), channel=channel,
+                                reason=f"refused: {what[:200]}")
+
+    async def _record_soon(self, fn, *args, **kwargs) -> None:
+        """Write in a thread and wait for it briefly (WRITE_WAIT_S): normally it is done, in
+        order; with the database locked the caller goes on and the write lands when it can."""
+        task = self._spawn(self._off_loop(fn, *args, **kwargs))
+        await asyncio.wait({task}, timeout=WRITE_WAIT_S)
+
+    async def _off_loop(self, fn, *args, **kwargs):
+        """Run a store call that may wait on the database lock in a thread: a locked database delays
+        the write, never the loop (buttons, commands, the scheduler). A busy error is logged."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except StoreBusyError as exc:
+            log.error("%s not recorded: %s", getattr(fn, "__name__", "write"), exc)
+            return None
 
     def _refuse(self, text: str | None = None) -> Reply:
         return Reply(text or "Not authorized: you are not on this channel's allowlist.", ok=False, unauthorized=True,
@@ -128,12 +147,15 @@ class Core:
             except Exception:
                 log.exception("channel %s could not update proposal #%d", ch.name, pid)
 
-    async def notify(self, kind: str, text: str, *, record: bool = True) -> None:
-        """One line to every channel; `record=False` when the store already holds it as an event."""
+    async def notify(self, kind: str, text: str, *, record: bool = True, skip: str | None = None) -> None:
+        """One line to every channel (but `skip`); `record=False` when the store already holds it as an event."""
         notice = Notice(kind=kind, text=text)
         if record:
-            self.store.append_event("notice", actor="agent", channel="all", reason=f"{kind}: {text[:300]}")
+            await self._record_soon(self.store.append_event, "notice", actor="agent", channel="all",
+                                    reason=f"{kind}: {text[:300]}")
         for ch in self.channels:
+            if ch.name == skip:
+                continue
             try:
                 await ch.notify(notice)
             except Exception:
@@ -190,7 +212,12 @@ class Core:
         return await self._vote(proposal_id, user, channel, "reject", reason)
 
     async def _vote(self, pid: int, user: str, channel: str, vote: str, reason: str | None) -> Reply:
-        result = self.approvals.vote(pid, str(user), channel, vote, reason)
+        try:  # in a thread: the vote may wait for the database lock, the loop never does
+            result = await asyncio.to_thread(self.approvals.vote, pid, str(user), channel, vote, reason)
+        except StoreBusyError as exc:
+            log.error("%s of #%d by %s on %s not recorded: %s", vote, pid, user, channel, exc)
+            return Reply(f"Your {vote} of #{pid} was NOT recorded: the database is busy ({exc}). Try again in a "
+                         f"moment.", ok=False, proposal_id=pid, private=True)
         if result.kind == "unauthorized":
             log.warning("unauthorized %s of #%d by %s on %s", vote, pid, user, channel)
             return self._refuse(result.message)
@@ -298,7 +325,11 @@ class Core:
         return Reply(table)
 
     async def pause(self, user: str, channel: str, reason: str | None = None, underlying: str | None = None) -> Reply:
-        result = self.approvals.set_paused(True, str(user), channel, reason, underlying)
+        try:
+            result = await asyncio.to_thread(self.approvals.set_paused, True, str(user), channel, reason, underlying)
+        except StoreBusyError as exc:
+            return Reply(f"NOT paused: the database is busy ({exc}). Try again, or `chatops pause` from a shell.",
+                         ok=False, private=True)
         if result.kind == "unauthorized":
             return self._refuse(result.message)
         if result.kind == "noop":
@@ -316,7 +347,10 @@ class Core:
         return Reply(result.message)
 
     async def resume(self, user: str, channel: str, underlying: str | None = None) -> Reply:
-        result = self.approvals.set_paused(False, str(user), channel, underlying=underlying)
+        try:
+            result = await asyncio.to_thread(self.approvals.set_paused, False, str(user), channel, None, underlying)
+        except StoreBusyError as exc:
+            return Reply(f"NOT resumed: the database is busy ({exc}). Try again in a moment.", ok=False, private=True)
         if result.kind == "unauthorized":
             return self._refuse(result.message)
         if result.kind == "noop":

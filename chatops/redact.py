@@ -14,6 +14,7 @@ folding could split it).
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import re
@@ -27,7 +28,7 @@ PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"xox[a-z]-[0-9A-Za-z-]{8,}"),
     re.compile(r"xapp-[0-9A-Za-z-]{8,}"),
     re.compile(r"sk-[A-Za-z0-9_-]{16,}"),
-    re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"),  # Telegram bot token (also inside /bot<token>/ URLs)
+    re.compile(r"(?<!\d)\d{6,12}:[A-Za-z0-9_-]{30,}"),  # Telegram bot token, also inside /bot<token>/ URLs
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s:/@]+:)[^\s@/]+(?=@)"),  # user:PASSWORD@host in a URL
     re.compile(r"(?i)(client_secret[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,}]+"),  # Deribit auth parameters
@@ -46,8 +47,10 @@ class Redactor:
         """Know more secret values (longest first, so a secret containing another goes whole)."""
         with self._lock:
             new = {s for s in secrets if s and len(s) >= _MIN_SECRET}
-            # Also as it appears inside JSON text (a secret holding a quote or a backslash).
-            new |= {j for s in new if (j := json.dumps(s, ensure_ascii=False)[1:-1]) != s}
+            # Also as it appears inside JSON text or a repr (a secret holding a quote, a backslash or
+            # a newline is escaped there), and as chat HTML shows it (the delivery layer sees rendered text).
+            new |= {j for s in new for j in (json.dumps(s, ensure_ascii=False)[1:-1], json.dumps(s)[1:-1],
+                                              repr(s)[1:-1], html.escape(s), html.escape(s, quote=False)) if j != s}
             known = set(self.secrets) | new
             self.secrets = tuple(sorted(known, key=len, reverse=True))
 

@@ -45,6 +45,10 @@ class BotRunner:
             self._running.add(task)
         try:
             await coro_fn()
+        except asyncio.CancelledError:
+            # Cut short by the stop's grace timeout, possibly while waiting for a write in a thread
+            # (that write still completes, in its own transaction, before the store closes).
+            log.info("job %s cut short by the stop", getattr(coro_fn, "__name__", coro_fn))
         except Exception:  # a job that raises is logged; the schedule goes on
             log.exception("job %s failed", getattr(coro_fn, "__name__", coro_fn))
         finally:

@@ -309,7 +309,7 @@ def test_audit_verify_catches_a_tampered_event(tmp_path, monkeypatch, capsys):
     con.commit()
     con.close()
     assert main(["audit", "verify"]) == 1
-    assert "BROKEN at event 2" in capsys.readouterr().out
+    assert "BROKEN: event 2" in capsys.readouterr().out
 
 
 def _os_user() -> str:

@@ -39,7 +39,7 @@ ALICE, BOB, STRANGER = 42, 43, 99
 
 FAST = TelegramOptions(poll_timeout=2, min_interval=0.0, group_per_minute=10_000, send_attempts=3,
                        backoff_base=0.01, backoff_max=0.05, outbox_interval=0.3, reject_reason_timeout=30,
-                       stop_timeout=2)
+                       stop_timeout=2, press_answer_s=5.0)  # presses answered with the vote's result, even under load
 
 
 @dataclass

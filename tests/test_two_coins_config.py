@@ -28,7 +28,7 @@ def test_a_comma_list_and_each_coins_view():
     btc, eth = s.for_underlying("BTC"), s.for_underlying("eth")
     assert (btc.underlying, btc.default_order_size, btc.max_expiry_exposure) == ("BTC", 0.2, 0.5)
     # ETH: its own override, else its coin default (it trades whole coins), else the plain value.
-    assert (eth.underlying, eth.default_order_size, eth.max_expiry_exposure, eth.max_net_delta_abs) == ("ETH", 1.0, 3.0, 10.0)
+    assert (eth.underlying, eth.default_order_size, eth.max_expiry_exposure, eth.max_options_delta_abs) == ("ETH", 1.0, 3.0, 10.0)
     assert eth.effective_auto_max_size == 1.0 and eth.min_premium == s.min_premium
     assert eth.index_name == "eth_usd" and eth.underlyings == ("BTC", "ETH")
     with pytest.raises(ValueError, match="ETH is not traded here"):

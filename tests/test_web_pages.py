@@ -3,8 +3,11 @@ equity, a decision's page its reasoning; all read from the store the bot wrote."
 
 from __future__ import annotations
 
+import html
+import json
 import sqlite3
 
+from chatops import pnl as pnl_mod
 from tests.spine_helpers import settle_orders
 from tests.web_harness import login, session_csrf, web_bot
 
@@ -49,6 +52,10 @@ async def test_pnl_page_shows_the_fills_the_exchange_reported(tmp_path):
             assert p["bought_back"] == 0 and len(p["equity"]) == 2 and p["shadow"]["decisions"] == 0
             page = await c.get("/pnl")
             assert "<svg" in page.text and "polyline" in page.text and order["order_id"] in page.text
+            # The ledger's report (the exchange's fills, fees, equity check), as `chatops pnl` gives it.
+            ledger = p["ledger"]["BTC"]
+            assert ledger is not None and ledger["report"] == json.loads(json.dumps(pnl_mod.report(web.store, "BTC").to_dict()))
+            assert html.escape(ledger["text"].splitlines()[0], quote=False) in page.text and 'id="ledger-BTC"' in page.text
             d = await c.get("/decisions/1")
             assert d.status_code == 200 and "Reasoning (rule)" in d.text and "Risk check" in d.text
             missing = await c.get("/decisions/999")

@@ -164,6 +164,9 @@ class _Cached:
     stale: bool = False
 
 
+_BODY_ONLY = frozenset({"public/auth"})  # methods whose params are secrets: never in a URL
+
+
 class DeribitClient:
     """Deribit JSON-RPC over HTTP. Use as `async with DeribitClient(...) as client:`."""
 
@@ -245,7 +248,9 @@ class DeribitClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         url = f"/api/v2/{method}"
         try:
-            if self._http_method == "GET":
+            # Auth always goes as a POST body: a client_secret or refresh_token in a query string ends
+            # up in proxy logs, access logs and tracebacks.
+            if self._http_method == "GET" and method not in _BODY_ONLY:
                 resp = await self._http.get(url, params=_query_params(params), headers=headers)
             else:
                 body = {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params}

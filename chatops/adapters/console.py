@@ -16,6 +16,7 @@ from typing import TextIO
 from chatops.render import FINAL_STATUSES, Card, fill_line, plain
 
 from chatops.identity import os_user
+from chatops.redact import redact
 
 from .base import CoreAPI, Notice, Reply
 
@@ -48,7 +49,7 @@ class ConsoleChannel:
 
     def _print(self, text: str) -> None:
         try:
-            self.stdout.write(text + "\n")
+            self.stdout.write(redact(text) + "\n")
             self.stdout.flush()
         except (OSError, ValueError):  # the terminal went away: the bot goes on, the log keeps the record
             pass

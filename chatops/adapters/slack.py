@@ -38,6 +38,7 @@ from typing import Any, Awaitable, Callable
 
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -45,15 +46,20 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agent.config import ConfigError, Settings
+from chatops.redact import redact, redact_value
 from chatops.render import Card
 
 from .base import CoreAPI, Notice
-from .delivery import DeliveryQueue, QueuedJob
+from .delivery import PRIORITY_ALERT, PRIORITY_REPLY, DeliveryQueue, OncePer, QueuedJob
 
 from .slack_render import ACTION_APPROVE, ACTION_REJECT, ACTION_WHY, AUTH_ERRORS, BLOCK_ERRORS, CHANNEL, COMMANDS, NETWORK_ERRORS, NOT_AUTHORIZED, REJECT_VIEW, REPOST_ERRORS, SlackOptions, _section, action_block, card_blocks, esc, fallback_text, notice_message, text_blocks  # noqa: F401
 
 from .slack_inbound import SlackInbound
 log = logging.getLogger(__name__)
+
+# Slack refuses timestamps older than 5 minutes; inside that window a signature is remembered (with
+# a minute of slack for clock skew), so one request can be replayed at most zero times.
+REPLAY_WINDOW = 6 * 60.0
 
 # --- outgoing jobs ---------------------------------------------------------------------------------------
 
@@ -142,6 +148,8 @@ class SlackChannel(SlackInbound):
         self._tasks: set[asyncio.Task] = set()
         self._last_sig: dict[tuple[str, str], str] = {}
         self._seen_events: OrderedDict[str, None] = OrderedDict()
+        self.strangers = OncePer(3600.0)  # conversations told "not authorized" in the last hour
+        self._seen_signatures: OrderedDict[str, float] = OrderedDict()  # HTTP mode: replays refused
         self._socket: Any = None
         self._socket_task: asyncio.Task | None = None
         self._runner: Any = None
@@ -153,7 +161,8 @@ class SlackChannel(SlackInbound):
             CHANNEL, core=lambda: self.core, deliver=self._deliver, give_up=(_GiveUp,), job_type=Job,
             outbox_interval=self.options.outbox_interval, outbox_backoff_max=self.options.outbox_backoff_max,
             clean=self._clean, stats=self.stats, log=log,
-            wall_clock_retries=False, leftovers_due_now=False, keep_interrupted=True)
+            wall_clock_retries=False, leftovers_due_now=False, keep_interrupted=True,
+            max_attempts=settings.outbox_max_attempts)
 
     @property
     def client(self) -> AsyncWebClient:
@@ -243,8 +252,18 @@ class SlackChannel(SlackInbound):
         opts = self.options
         port = self.settings.slack_http_port
 
+        verifier = SignatureVerifier(self._signing_secret)
+
         async def handle(request: web.Request) -> web.Response:
-            # Bolt checks the signature and the timestamp first (401 otherwise), then dispatches.
+            # Bolt checks the signature and the timestamp first (401 otherwise), then dispatches. A
+            # validly signed request seen before inside the 5-minute window is a replay: refused.
+            body = await request.text()
+            sig = request.headers.get("X-Slack-Signature", "")
+            ts = request.headers.get("X-Slack-Request-Timestamp", "")
+            if sig and verifier.is_valid(body=body, timestamp=ts, signature=sig) and self._replayed(sig):
+                if self.core is not None:
+                    await self.core.record_unauthorized(CHANNEL, "unknown", "a replayed signed request")
+                return web.Response(status=401, text="replayed request")
             return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
 
         web_app = web.Application(client_max_size=1024 * 1024)
@@ -260,6 +279,17 @@ class SlackChannel(SlackInbound):
         self._runner = runner
         addresses = runner.addresses
         self.http_port = int(addresses[0][1]) if addresses else port
+
+    def _replayed(self, signature: str, now: float | None = None) -> bool:
+        """True if `signature` was seen in the last REPLAY_WINDOW seconds; remembers it otherwise."""
+        now = time.time() if now is None else now
+        seen = self._seen_signatures
+        while seen and next(iter(seen.values())) < now - REPLAY_WINDOW:
+            seen.popitem(last=False)
+        if signature in seen:
+            return True
+        seen[signature] = now
+        return False
 
     @property
     def socket_connected(self) -> bool:
@@ -334,12 +364,13 @@ class SlackChannel(SlackInbound):
 
     async def notify(self, notice: Notice) -> None:
         text, blocks = notice_message(notice)
-        self._send(self.channel_id, text, blocks)
+        self._send(self.channel_id, text, blocks, priority=PRIORITY_ALERT)
 
     def _send(self, channel: str | None, text: str, blocks: list[dict[str, Any]], *,
-              thread_ts: str | None = None) -> None:
+              thread_ts: str | None = None, priority: int = PRIORITY_REPLY) -> None:
         if channel:
-            self.delivery.enqueue(Job("message", str(channel), text=text, blocks=blocks, thread_ts=thread_ts))
+            self.delivery.enqueue(Job("message", str(channel), text=text, blocks=blocks, thread_ts=thread_ts,
+                                      priority=priority))
 
     # --- the sender --------------------------------------------------------------------------------------
 
@@ -469,6 +500,7 @@ class SlackChannel(SlackInbound):
         channel = channel or self.channel_id
         if not channel or not user:
             return
+        text, blocks = redact(text), redact_value(blocks)  # sent at once, not through the (redacting) queue
         try:
             await self.client.chat_postEphemeral(channel=channel, user=user, text=text or " ", blocks=blocks or None)
             self.stats["ephemeral"] += 1

@@ -9,6 +9,8 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from chatops.redact import redact, redact_value
+
 from .base import Reply
 from .slack_render import (
     ACTION_APPROVE,
@@ -80,7 +82,8 @@ class SlackInbound:
             return False
         if not self._authorized(user):
             await self._refuse(user, f"{what} {pid if pid is not None else '?'}")
-            await self._ephemeral(channel, user, NOT_AUTHORIZED)
+            if self.strangers.first(str(channel)):  # one "not authorized" per conversation per hour
+                await self._ephemeral(channel, user, NOT_AUTHORIZED)
             return False
         if pid is None:
             await self._ephemeral(channel, user, "Unknown button: nothing was done.")
@@ -207,7 +210,8 @@ class SlackInbound:
 
         if not self._authorized(user):
             await self._refuse(user, f"{self.command_name(word)} {text}")
-            await answer(Reply(NOT_AUTHORIZED, ok=False, unauthorized=True, private=True))
+            if self.strangers.first(str(channel)):
+                await answer(Reply(NOT_AUTHORIZED, ok=False, unauthorized=True, private=True))
             return
         if text.lower() == "help":
             await answer(Reply(slack_help(self.command_name), private=True), pre=True)
@@ -232,6 +236,7 @@ class SlackInbound:
     async def _respond(self, respond: Any, channel: str | None, user: str | None, text: str,
                        blocks: list[dict[str, Any]], kind: str) -> None:
         """Answer a slash command through its response_url (works in any conversation), else directly."""
+        text, blocks = redact(text), redact_value(blocks)
         if respond is not None and getattr(respond, "response_url", None):
             try:
                 resp = await respond(text=text or " ", blocks=blocks, response_type=kind)
@@ -287,6 +292,8 @@ class SlackInbound:
         is_dm = event.get("channel_type") == "im"
         if not self._authorized(user):
             await self._refuse(user, "question")
+            if not self.strangers.first(str(channel)):
+                return
             if is_dm:
                 self._send(channel, NOT_AUTHORIZED, text_blocks(NOT_AUTHORIZED), thread_ts=thread_ts)
             else:

@@ -47,7 +47,7 @@ from agent.config import ConfigError, Settings
 from chatops.render import Card
 
 from .base import CoreAPI, Notice
-from .delivery import DeliveryQueue, QueuedJob
+from .delivery import PRIORITY_ALERT, PRIORITY_REPLY, DeliveryQueue, OncePer, QueuedJob
 
 from .telegram_render import CALLBACK_RE, CHANNEL, COMMANDS, ChatLimiter, MAX_MESSAGE, NOTICE_LABELS, REASON_PROMPT, TelegramOptions, _chat_arg, _e, _is_parse_error, _retry_after_seconds, card_chunks, card_lines, card_single, chunk_lines, keyboard, text_lines  # noqa: F401
 
@@ -102,6 +102,7 @@ class TelegramChannel(TelegramInbound):
         self.limiter = ChatLimiter(self.options.min_interval, self.options.group_per_minute, self.options.group_window)
         self._last_edit: dict[tuple[str, str], tuple[str, bool]] = {}
         self._reasons: dict[tuple[str, str], _PendingReason] = {}
+        self.strangers = OncePer(3600.0)  # chats told "not authorized" in the last hour
         self._started = False
         self.stats = {"sent": 0, "edited": 0, "flood_waits": 0, "network_retries": 0, "plain_fallbacks": 0,
                       "outboxed": 0, "outbox_delivered": 0}
@@ -109,7 +110,8 @@ class TelegramChannel(TelegramInbound):
             CHANNEL, core=lambda: self.core, deliver=self._deliver, give_up=(_GiveUp,), job_type=Job,
             outbox_interval=self.options.outbox_interval, outbox_backoff_max=self.options.outbox_backoff_max,
             clean=self._clean, stats=self.stats, log=log,
-            wall_clock_retries=True, leftovers_due_now=True, keep_interrupted=True)
+            wall_clock_retries=True, leftovers_due_now=True, keep_interrupted=True,
+            max_attempts=settings.outbox_max_attempts)
 
     def _build_application(self) -> Application:
         base = self.settings.telegram_api_base_url.rstrip("/")
@@ -200,7 +202,7 @@ class TelegramChannel(TelegramInbound):
 
     async def post_proposal(self, card: Card) -> None:
         if card.proposal_id is None:
-            await self._send_text_job(self.chat_id, card_chunks(card))
+            await self._send_text_job(self.chat_id, card_chunks(card), priority=PRIORITY_ALERT)
             return
         self.delivery.post_proposal(card.proposal_id, card, self.chat_id)
 
@@ -217,13 +219,14 @@ class TelegramChannel(TelegramInbound):
             label = NOTICE_LABELS.get(notice.kind, notice.kind)
             h, p = pairs[0]
             pairs[0] = (f"<b>[{_e(label)}]</b> {h}", f"[{label}] {p}")
-        await self._send_text_job(self.chat_id, chunk_lines(pairs))
+        await self._send_text_job(self.chat_id, chunk_lines(pairs), priority=PRIORITY_ALERT)
 
     async def _send_text_job(self, chat: str | None, chunks: list[tuple[str, str]], *, reply_to: int | None = None,
-                             force_reply: bool = False) -> None:
+                             force_reply: bool = False, priority: int = PRIORITY_REPLY) -> None:
         if not chat or not chunks:
             return
-        self.delivery.enqueue(Job("text", str(chat), chunks=chunks, reply_to=reply_to, force_reply=force_reply))
+        self.delivery.enqueue(Job("text", str(chat), chunks=chunks, reply_to=reply_to, force_reply=force_reply,
+                                  priority=priority))
 
     async def idle(self) -> None:
         """Wait until every queued message has been handled (tests, benchmarks)."""

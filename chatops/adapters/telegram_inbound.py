@@ -18,6 +18,8 @@ from telegram.error import (
 )
 from telegram.ext import ContextTypes
 
+from chatops.redact import redact
+
 from .base import Reply
 from .telegram_render import (
     CALLBACK_RE,
@@ -53,7 +55,7 @@ class TelegramInbound:
 
     async def _answer(self, query: Any, text: str, alert: bool = False) -> None:
         try:
-            await query.answer(text[:200], show_alert=alert)
+            await query.answer(redact(text)[:200], show_alert=alert)
         except TelegramError as exc:  # too old (stale press after a restart) or a network blip
             log.info("telegram: could not answer a button press: %s", self._clean(str(exc)))
 
@@ -125,9 +127,26 @@ class TelegramInbound:
         kind, pid = m.group(1), int(m.group(2))
         # A Message, or an InaccessibleMessage when it is older than 48 h: both have chat and id.
         message = query.message
-        chat = str(message.chat.id) if message is not None else (self.chat_id or uid)
+        chat = str(message.chat.id) if message is not None else None
+        # A press counts only on a card in the configured chat, or in the presser's own private chat
+        # with the bot (a card forwarded elsewhere, or a crafted inline button, does not).
+        if chat is None or (chat != self.chat_id and chat != uid):
+            await self.core.record_unauthorized(CHANNEL, uid, f"button {data[:64]!r} pressed in chat {chat}")
+            await self._answer(query, "This button only works in the bot's chat.", alert=True)
+            return
         if kind == "a":
-            reply = await self.core.approve(pid, uid, CHANNEL)
+            vote = asyncio.ensure_future(self.core.approve(pid, uid, CHANNEL))
+            done, _ = await asyncio.wait({vote}, timeout=self.options.press_answer_s)
+            if not done:
+                # The database is slow (locked): answer the press now; the vote lands when it can
+                # (the card then shows it) or fails, and then a message in the chat says so.
+                await self._answer(query, f"Recording your approval of #{pid}... (the database is busy)")
+                reply = await vote
+                if not reply.ok:
+                    await self._send_text_job(chat, chunk_lines(text_lines(f"{query.from_user.first_name or uid}: "
+                                                                           f"{reply.text}")), priority=1)
+                return
+            reply = vote.result()
             await self._answer(query, self._refusal_text(pid, reply), alert=not reply.ok)
         elif kind == "r":
             await self._start_reject(query, message, chat, pid, uid)
@@ -207,7 +226,8 @@ class TelegramInbound:
         rest = parts[1].strip() if len(parts) > 1 else ""
         if not self._authorized(uid):
             await self.core.record_unauthorized(CHANNEL, uid, f"/{word}")
-            await self._reply(message, chat, Reply("Not authorized: you are not on this bot's allowlist.", ok=False))
+            if self.strangers.first(chat):  # one "not authorized" per chat per hour: strangers cost little
+                await self._reply(message, chat, Reply("Not authorized: you are not on this bot's allowlist.", ok=False))
             return
         if word in ("help", "start"):
             await self._reply(message, chat, Reply(telegram_help()), pre=True)
@@ -239,7 +259,8 @@ class TelegramInbound:
             return  # group chatter not addressed to the bot
         if not self._authorized(uid):
             await self.core.record_unauthorized(CHANNEL, uid, "reject reason" if prompt else "question")
-            await self._reply(message, chat, Reply("Not authorized: you are not on this bot's allowlist.", ok=False))
+            if self.strangers.first(chat):
+                await self._reply(message, chat, Reply("Not authorized: you are not on this bot's allowlist.", ok=False))
             return
         if prompt is not None:
             pid = int(prompt.group(1))

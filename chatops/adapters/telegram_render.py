@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "telegram"
 MAX_MESSAGE = 4096  # Telegram's limit, in UTF-16 code units of the visible text
 LINE_PIECE = 600  # an over-long line is cut into pieces this long (escaped, it stays well under the limit)
-CALLBACK_RE = re.compile(r"^([arw]):(\d{1,12})$")
+# Whole-string match (\Z: `$` would also accept a trailing newline); ids fit SQLite with room to spare.
+CALLBACK_RE = re.compile(r"\A([arw]):([1-9][0-9]{0,11})\Z")
 REASON_PROMPT = "Reason for rejecting #{pid}? (optional: reply, or send /skip)"
 REASON_RE = re.compile(r"^Reason for rejecting #(\d{1,12})\?")
 PRE_COMMANDS = frozenset({"status", "history", "pending", "help", "start", "pnl"})
@@ -73,6 +74,7 @@ class TelegramOptions:
     reject_reason_timeout: float = 60.0
     concurrent_updates: int = 32  # a slow question never holds up an approval press
     stop_timeout: float = 5.0  # seconds to finish sending at stop; the rest goes to the outbox
+    press_answer_s: float = 0.05  # a press is answered within this even while the vote waits for a locked database
 
 
 # --- rendering: (html, plain) line pairs, so a chunk can fall back to plain text alone ----------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,9 @@ class StoreBase:
         self._now = now or utc_now
         self._lock = threading.RLock()
         self._depth = 0  # nesting of write() in the thread that holds the lock
+        self._writer: int | None = None  # the thread inside write(), which reads its own transaction
+        self._local = threading.local()  # per-thread read connections (SQLite WAL: they never wait on a writer)
+        self._readers: list[sqlite3.Connection] = []
         self.fence: Callable[[Database], None] | None = None  # the leader lease's check, run in every write
         self.db = connect(target, busy_timeout)
         self.path = self.db.display  # for messages: never the password
@@ -80,6 +84,9 @@ class StoreBase:
 
     def close(self) -> None:
         with self._lock:
+            for r in self._readers:
+                r.close()
+            self._readers.clear()
             self.db.close()
 
     def __enter__(self) -> "StoreBase":
@@ -119,6 +126,7 @@ class StoreBase:
                     self._depth -= 1
                 return
             self._depth = 1
+            self._writer = threading.get_ident()
             try:
                 with db.transaction():
                     if fenced and self.fence is not None:
@@ -126,18 +134,51 @@ class StoreBase:
                     yield RedactingConnection(db)
             finally:
                 self._depth = 0
+                self._writer = None
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """This thread's read connection to a SQLite file; None inside this thread's own write (it
+        must see its transaction), for an in-memory database and on PostgreSQL. In WAL mode a reader never waits for a writer,
+        in this process or another (even one holding BEGIN EXCLUSIVE): a locked database delays
+        writes, not the reads that buttons and status answers need."""
+        path = None if self.db.is_pg else (self.db.url.database or ":memory:")
+        if path is None or path == ":memory:" or self._writer == threading.get_ident():
+            return None  # PostgreSQL (MVCC: reads never wait on a writer anyway) or in-memory SQLite
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
 
     def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        with self._locked():
-            return self.db.query(sql, params)
+        reader = self._reader()
+        if reader is None:
+            with self._locked():
+                return self.db.query(sql, params)
+        try:
+            cur = reader.execute(sql, params)
+            names = [d[0] for d in cur.description or ()]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+        except sqlite3.OperationalError as exc:
+            if self.db.is_busy(exc):
+                raise self.db.busy_error() from None
+            raise
 
     def _row(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        with self._locked():
-            return self.db.scalar(sql, params)
+        reader = self._reader()
+        if reader is None:
+            with self._locked():
+                return self.db.scalar(sql, params)
+        row = reader.execute(sql, params).fetchone()
+        return row[0] if row else None
 
     def _insert(self, conn: Any, table: str, row: dict[str, Any], *, or_ignore: bool = False) -> int:
         """INSERT one row (strings redacted); a row of an audit table also joins the audit chain in

@@ -11,6 +11,10 @@ from .common import MessageRef, OutboxItem, _outbox, dumps, iso, parse_ts
 
 
 
+# next_attempt_at of an item given up: after every real time, so never due.
+GAVE_UP_AT = "9999-12-31T00:00:00.000000Z"
+
+
 class MessagesMixin:
     def save_message_ref(self, proposal_id: int, channel: str, chat_id: str | int, message_id: str | int) -> None:
         """Remember where a proposal was posted (one ref per proposal, channel and chat; replaced on repost)."""
@@ -30,20 +34,33 @@ class MessagesMixin:
                 for r in self._rows(f"SELECT * FROM messages {self._where(where)} ORDER BY id", params)]
 
     def enqueue_outbox(self, channel: str, payload: dict[str, Any], error: str, *,
-                       next_attempt_at: datetime | None = None) -> int:
+                       next_attempt_at: datetime | None = None, priority: int = 2) -> int:
         """A message `channel` failed to deliver (that failure counts as attempt 1); due at once
-        unless `next_attempt_at` says otherwise."""
+        unless `next_attempt_at` says otherwise. Lower `priority` is retried first (cards, alerts)."""
         now = self._now()
         with self.write() as conn:
             return self._insert(conn, "outbox", {
-                "channel": channel, "payload_json": dumps(payload), "attempts": 1, "created_at": iso(now),
+                "channel": channel, "payload_json": dumps({**payload, "_priority": priority}), "attempts": 1,
+                "created_at": iso(now),
                 "next_attempt_at": iso(next_attempt_at or now), "last_error": error})
 
     def due_outbox(self, channel: str, now: datetime | None = None, limit: int = 100) -> list[OutboxItem]:
-        """Undelivered messages of `channel` whose retry time has come, oldest first (send in this order)."""
+        """Undelivered messages of `channel` whose retry time has come (filtered before the limit),
+        cards and alerts first, then oldest first (send in this order)."""
+        priority = self.db.json_number("payload_json", "_priority")
         return [_outbox(r) for r in self._rows(
-            "SELECT * FROM outbox WHERE channel = ? AND delivered_at IS NULL AND next_attempt_at <= ? ORDER BY id "
-            "LIMIT ?", [channel, iso(now or self._now()), limit])]
+            "SELECT * FROM outbox WHERE channel = ? AND delivered_at IS NULL AND next_attempt_at <= ? "
+            f"ORDER BY COALESCE({priority}, 2), id LIMIT ?",
+            [channel, iso(now or self._now()), limit])]
+
+    def give_up_outbox(self, outbox_id: int, error: str) -> None:
+        """Never retry this item again (kept, with why, for review); an event says so."""
+        with self.write() as conn:
+            conn.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                         "WHERE id = ? AND delivered_at IS NULL",
+                         [GAVE_UP_AT, error[:500], outbox_id])
+            self.append_event("outbox_gave_up", actor="agent", channel="delivery", reason=error[:300],
+                              data={"outbox_id": outbox_id})
 
     def mark_outbox_attempt(self, outbox_id: int, error: str, next_attempt_at: datetime) -> None:
         with self.write() as conn:

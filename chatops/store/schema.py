@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from .common import APPEND_ONLY_TABLES, DEFAULT_BUSY_TIMEOUT, STATUSES, TRANSITIONS, V1_APPEND_ONLY_TABLES, iso, utc_now
+from .common import DEFAULT_BUSY_TIMEOUT, STATUSES, TRANSITIONS, V1_APPEND_ONLY_TABLES, iso, utc_now
 from .db import Database, connect
 from .lease import lease_migration
 

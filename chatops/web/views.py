@@ -305,8 +305,8 @@ def proposal_story(ctx: Context, pid: int) -> dict[str, Any] | None:
 
 
 def pnl(ctx: Context, *, points: int = 400) -> dict[str, Any]:
-    """What the store has today: premium from the fills the exchange reported back per order, and
-    equity per tick as the exchange reported it. (The fills/settlements ledger is a later issue.)"""
+    """The ledger's P&L per coin (the exchange's fills, fees and settlements against the account
+    snapshots, the same report as `chatops pnl`), the fills each order reported, and equity per tick."""
     store, cur = ctx.store, ctx.settings.underlying
     sold = bought = 0.0
     fills = []
@@ -335,16 +335,22 @@ def pnl(ctx: Context, *, points: int = 400) -> dict[str, Any]:
     from ..shadow import shadow_report
 
     report = shadow_report(store)
+    from .. import pnl as pnl_mod
+
+    ledger = {}
+    for coin in ctx.settings.underlyings:
+        rep = pnl_mod.report(store, coin)
+        ledger[coin] = None if rep is None else {"report": rep.to_dict(), "text": pnl_mod.format_report(rep, coin)}
     return {
-        "underlying": cur,
+        "underlying": cur, "ledger": ledger,
         "premium_sold": round(sold, 8), "bought_back": round(bought, 8), "net_premium": round(sold - bought, 8),
         "fills": fills[-100:][::-1], "fills_total": len(fills),
         "equity": [{"ts": t, "equity": e, "spot": sp} for t, e, sp in sampled],
         "equity_change": round(series[-1][1] - series[0][1], 8) if series else None,
         "equity_from": series[0][0] if series else None, "ticks": len(series),
         "shadow": report.as_dict(), "shadow_text": report.as_text(),
-        "note": "Premium from the fills the exchange reported for each order; equity from each tick's account read. "
-                "Fees and settlements come with the P&L ledger.",
+        "note": "The ledger: the exchange's own fills, fees and settlements against the account snapshots of "
+                "each tick (as `chatops pnl`). Below it: the fills each order reported, and equity per tick.",
     }
 
 
@@ -372,7 +378,7 @@ def verify(ctx: Context, fresh: bool = False) -> dict[str, Any]:
     """`verify` of the event chain and of the whole audit chain (every audit table, against the
     anchors in AUDIT_ANCHOR_FILE). Kept up to VERIFY_TTL_S while no event is added (a rescan per
     page view would cost O(rows)); `fresh` rescans now. The result says when it was computed."""
-    anchors_path = Path(ctx.settings.audit_anchor_file)
+    anchors_path = Path(ctx.settings.effective_audit_anchor_file)
     key = (change_mark(ctx.store), anchors_path.stat().st_mtime_ns if anchors_path.exists() else None)
     if not fresh and ctx._verified and ctx._verified[0] == key and time.monotonic() - ctx._verified[2] < VERIFY_TTL_S:
         return ctx._verified[1]

@@ -87,6 +87,7 @@ class Reply:
     raw_body: str | None = None  # sent verbatim (status 200), e.g. broken JSON
     model: str | None = None  # model name echoed back (default: the request's)
     no_choices: bool = False  # answer with "choices": []
+    echo_authorization: bool = False  # with a non-200 status: the error message quotes the Authorization header
 
 
 def json_reply(obj: Any, **kw: Any) -> Reply:
@@ -154,6 +155,9 @@ class FakeOpenAI:
             await asyncio.sleep(reply.delay)
         if reply.status != 200:
             err = reply.error_body if reply.error_body is not None else {"error": {"message": f"status {reply.status}"}}
+            if reply.echo_authorization:  # as some OpenAI-compatible proxies do
+                err = {"error": {"message": f"Incorrect API key provided: {request.headers.get('Authorization')}",
+                                 "type": "invalid_request_error", "code": "invalid_api_key"}}
             if isinstance(err, str):
                 return web.Response(text=err, status=reply.status, content_type="text/plain")
             return web.json_response(err, status=reply.status)
