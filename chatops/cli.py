@@ -190,7 +190,8 @@ def _main(argv: list[str] | None) -> int:
         overrides: dict[str, Any] = {}
         if getattr(args, "auto", False):
             overrides["approval_mode"] = "auto"
-        if getattr(args, "interval", None) is not None:  # checked exactly as LOOP_INTERVAL_SEC is
+        # `run --interval` is LOOP_INTERVAL_SEC, checked exactly as it is (`backtest --interval` is its own: 1h)
+        if args.cmd == "run" and getattr(args, "interval", None) is not None:
             overrides["loop_interval_sec"] = args.interval
         settings = load_settings(**overrides)
         return _dispatch(args, settings)
