@@ -19,15 +19,17 @@ clock's (market time): tests run a three-minute order life in milliseconds.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .clock import Clock
 from .config import Settings
-from .deribit.client import DeribitClient
 from .deribit.errors import DeribitError, TransportError
 from .deribit.types import Instrument, Order, Ticker
 from .models import Action, ActionType, Value
 from .pricing import round_to_tick, tick_for_price
+
+if TYPE_CHECKING:  # annotations only: the store loads this module, and a vote from the CLI needs no httpx
+    from .deribit.client import DeribitClient
 
 log = logging.getLogger(__name__)
 

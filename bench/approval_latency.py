@@ -204,6 +204,9 @@ async def run(n: int, paths: tuple[str, ...]) -> dict[str, list[float]]:
             if proc.returncode != 0:
                 raise RuntimeError(f"chatops approve failed: {err.decode()[-500:]}")
             out["cli"].append((services.arrivals[row.label] - start) * 1000)
+            # The vote watch executes in its own job, not a core task that clear()'s drain waits
+            # for: let it record the exchange's answer first (outside the measurement).
+            await wait_for(lambda: not runner._running, timeout=20)
             await clear(bot, row.id, i)
         for i in range(n if "telegram" in paths else 0):
             row = await next_proposal(bot, i)

@@ -7,7 +7,6 @@ on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import os
@@ -18,7 +17,6 @@ from typing import Any
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.deribit.errors import DeribitError
-from agent.tick import CAND_KEYS, POS_KEYS, named
 
 from .cli_audit import ACTION_NAMES, EVENT_KINDS, PROPOSAL_STATUSES, _duration, event_kind  # noqa: F401 (re-exported)
 from .cli_audit import audit as _audit
@@ -54,10 +52,41 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _parser() -> argparse.ArgumentParser:
+class _VersionAction(argparse._VersionAction):
+    """`--version`, looked up only when asked for (importlib.metadata costs ~40 ms at start-up)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.version = f"%(prog)s {_version()}"
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser. Given the command line about to be parsed, `backtest`'s sub-parser is left
+    out unless that line may need it: its options live in chatops.backtest, which loads the whole
+    bot, the market models and numpy (~0.3 s), and a vote from another shell must start fast."""
+    if argv is not None:
+        light = _build_parser(with_backtest=False)
+        if not _needs_backtest_parser(argv, light):
+            return light
+    return _build_parser(with_backtest=True)
+
+
+def _needs_backtest_parser(argv: list[str], light: argparse.ArgumentParser) -> bool:
+    """True for `backtest ...`, for top-level help (it lists every command) and for an unknown
+    command (its error lists them); False for any other command, `--version` or nothing."""
+    commands = next(a.choices for a in light._actions if isinstance(a, argparse._SubParsersAction))
+    for tok in argv:
+        if tok == "-h" or (len(tok) > 2 and "--help".startswith(tok)):  # argparse accepts --he
+            return True
+        if not tok.startswith("-"):
+            return tok not in commands
+    return False
+
+
+def _build_parser(with_backtest: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chatops", description="A covered-call agent for Deribit, steered from chat.",
                                 epilog="Settings come from the environment and .env: `chatops config example` lists them all.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
+    p.add_argument("--version", action=_VersionAction, version="%(prog)s", help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run the bot: ticks on a schedule, proposals to chat, approvals executed")
@@ -137,9 +166,10 @@ def _parser() -> argparse.ArgumentParser:
     pn.add_argument("--json", action="store_true", help="every figure, the cycles and the equity check")
     pn.add_argument("--png", metavar="FILE", help="also draw the strategy vs HODL chart into FILE")
     pn.add_argument("--chart", metavar="FILE", help="also draw spot against the short call's strike into FILE")
-    from .backtest import add_parser as _add_backtest
+    if with_backtest:
+        from .backtest import add_parser as _add_backtest
 
-    _add_backtest(sub)
+        _add_backtest(sub)
     w = sub.add_parser("web", help="serve the dashboard read-only from the database alone (no bot needed)")
     w.add_argument("--host", help="default WEB_HOST")
     w.add_argument("--port", type=int, help="default WEB_PORT (8080)")
@@ -180,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     if args.cmd == "config":
         from agent.settings_doc import env_example
 
@@ -225,10 +256,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         terminal_chat = "console" in enabled_channel_names(settings)
     setup_logging(settings, terminal_chat=terminal_chat)
-    if cmd == "run":
-        return asyncio.run(_run(settings, args))
-    if cmd == "tick":
-        return asyncio.run(_tick(settings, args.json))
+    if cmd in ("run", "tick"):
+        import asyncio
+
+        return asyncio.run(_run(settings, args) if cmd == "run" else _tick(settings, args.json))
     if cmd == "paper-exchange":
         return _paper(settings, args)
     if cmd == "backtest":
@@ -325,6 +356,8 @@ async def _tick(settings: Settings, as_json: bool) -> int:
 
 
 def format_decision(d, settings: Settings, tag: str | None = None) -> str:
+    from agent.tick import CAND_KEYS, POS_KEYS, named
+
     st = d.state
     fa = d.final_action
     lines = [
@@ -469,6 +502,8 @@ def _pause(store, settings: Settings, cmd: str, reason: str | None, underlying: 
 
 
 def _web(settings: Settings, args) -> int:
+    import asyncio
+
     from .store import Store
     from .web.server import WebServer
 
