@@ -16,6 +16,7 @@ from . import cooldown
 from .models import Action, ActionType, AgentState, Decision, PositionHistory
 from .policy import decide_action
 from .risk import apply_risk
+from .snapshot import CAND_KEYS, POS_KEYS, named  # noqa: F401 (the snapshot's rows; also imported from here)
 from .state import build_agent_state
 
 MAX_PROMPT_CANDIDATES = 8
@@ -102,15 +103,6 @@ async def run_tick(
         requests=state.requests,
         credits=state.credits,
     )
-
-
-POS_KEYS = ("name", "size", "avg", "mark", "delta", "dte")
-CAND_KEYS = ("id", "name", "delta", "dte", "bid", "yield", "score")
-
-
-def named(row: Any, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A stored position or candidate as a dict, whether it has named keys or is an older positional row."""
-    return dict(row) if isinstance(row, dict) else dict(zip(keys, row))
 
 
 def compress_state(state: AgentState, action: Action | None = None, top: int = MAX_PROMPT_CANDIDATES) -> dict[str, Any]:

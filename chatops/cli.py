@@ -17,6 +17,7 @@ from typing import Any
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.deribit.errors import DeribitError
+from agent.snapshot import CAND_KEYS, POS_KEYS, named
 
 from .cli_audit import ACTION_NAMES, EVENT_KINDS, PROPOSAL_STATUSES, _duration, event_kind  # noqa: F401 (re-exported)
 from .cli_audit import audit as _audit
@@ -356,8 +357,6 @@ async def _tick(settings: Settings, as_json: bool) -> int:
 
 
 def format_decision(d, settings: Settings, tag: str | None = None) -> str:
-    from agent.tick import CAND_KEYS, POS_KEYS, named
-
     st = d.state
     fa = d.final_action
     lines = [

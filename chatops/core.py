@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from agent.clock import to_datetime
 from agent.config import Settings
 from agent.models import Action, ExecutionResult, RiskResult
-from agent.tick import POS_KEYS, named
+from agent.snapshot import POS_KEYS, named
 
 from . import render
 from .adapters.base import HELP_TEXT, Channel, Notice, Reply

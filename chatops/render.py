@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from agent.models import Action, ActionType, ExecutionResult, RiskResult
-from agent.tick import CAND_KEYS, named
+from agent.snapshot import CAND_KEYS, named
 
 ACTION_TITLES = {
     ActionType.OPEN_COVERED_CALL: "Open covered call",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from agent.config import Settings
-from agent.tick import POS_KEYS, named
+from agent.snapshot import POS_KEYS, named
 
 from ..render import STATUS_WORDS, Card
 from ..store import STATUSES, Store, parse_ts, read_anchors
