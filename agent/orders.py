@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Callable
 from .clock import Clock
 from .config import Settings
 from .deribit.errors import DeribitError, TransportError
-from .deribit.types import Instrument, Order, Ticker
 from .models import Action, ActionType, Value
 from .pricing import round_to_tick, tick_for_price
 
-if TYPE_CHECKING:  # annotations only: the store loads this module, and a vote from the CLI needs no httpx
+if TYPE_CHECKING:  # annotations only: the store loads this module, and a vote from the CLI needs no exchange client
     from .deribit.client import DeribitClient
+    from .deribit.types import Instrument, Order, Ticker
 
 log = logging.getLogger(__name__)
 
