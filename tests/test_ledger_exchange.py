@@ -15,7 +15,7 @@ from agent.ledger_feed import Cursor, snapshot_of, sync
 from agent.models import Action, ActionType, ExecutionStatus
 from agent.state import build_agent_state
 from tests.fakes.paper_http import paper_http
-from tests.test_paper_exchange import T0_MS
+from tests.paper_helpers import T0_MS
 
 S = load_settings(env_file=None, mode="research", min_dte=1.5, max_dte=4.0)
 

@@ -14,7 +14,7 @@ from agent.clock import SimClock
 from chatops import cli
 from chatops.adapters.base import Notice
 from tests.spine_helpers import make_bot
-from tests.test_paper_exchange import T0_MS
+from tests.paper_helpers import T0_MS
 
 
 class Recorder:
