@@ -41,7 +41,7 @@ from chatops.adapters.telegram import TelegramChannel, TelegramOptions  # noqa: 
 from chatops.app import Bot  # noqa: E402
 from tests.fakes.slack_server import fake_slack_server  # noqa: E402
 from tests.fakes.telegram_server import fake_telegram_server  # noqa: E402
-from tests.test_slack import FAST as SLACK_FAST, SECRET, block_actions, free_port, sign  # noqa: E402
+from tests.slack_helpers import FAST as SLACK_FAST, SECRET, block_actions, free_port, sign  # noqa: E402
 
 CHAT, USER = -1001, 42
 

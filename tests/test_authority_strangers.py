@@ -20,7 +20,7 @@ import pytest
 from chatops.adapters.base import Notice
 from chatops.adapters.delivery import PRIORITY_CARD, PRIORITY_REPLY, DeliveryQueue, QueuedJob
 from chatops.store import Store
-from tests.test_slack import ALICE as SLACK_ALICE, command_form, running as slack_running, sign
+from tests.slack_helpers import ALICE as SLACK_ALICE, command_form, running as slack_running, sign
 from tests.test_telegram import ALICE, BOB, CHAT, STRANGER, running
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")

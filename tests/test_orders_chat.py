@@ -4,7 +4,8 @@ real client libraries against fake Telegram / Slack servers; the paper exchange 
 
 from __future__ import annotations
 
-from tests import test_slack as slack
+from chatops.adapters.slack import ACTION_APPROVE
+from tests import slack_helpers as slack
 from tests import test_telegram as tg
 
 
@@ -37,7 +38,7 @@ async def test_telegram_cancel_cancels_the_working_order(tmp_path):
 
 async def test_slack_cancel_cancels_the_working_order(tmp_path):
     async with slack.running(tmp_path) as h:
-        pid = await _working(h, lambda pid, card: h.press(slack.ALICE, slack.ACTION_APPROVE, pid, card))
+        pid = await _working(h, lambda pid, card: h.press(slack.ALICE, ACTION_APPROVE, pid, card))
         url = await h.command(slack.STRANGER, "/cc", f"cancel {pid}")
         assert "Not authorized" in str(await h.answer(url)) and h.status(pid) == "executing"
         url = await h.command(slack.ALICE, "/cc", f"cancel {pid}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_slack import ALICE as SLACK_ALICE
-from tests.test_slack import CHANNEL_ID, running as slack_running
+from tests.slack_helpers import ALICE as SLACK_ALICE
+from tests.slack_helpers import CHANNEL_ID, running as slack_running
 from tests.test_telegram import ALICE, CHAT, running as telegram_running
 
 PNG = b"\x89PNG\r\n\x1a\n"
