@@ -47,16 +47,18 @@ async def build_agent_state(
     now_ms = clock.now_ms()
     by_name = {i.instrument_name: i for i in instruments}
     books = {b.instrument_name: b for b in book}
-    if any(name not in by_name for name in books):
+    if not books.keys() <= by_name.keys():
         client.invalidate_instruments()  # a new expiry was listed: refetch (the 10 s limit permitting)
     spot = index.index_price
+    chain = group_by_expiry(instruments, books)
+    near = _nearest_expiries(chain, now_ms, settings.target_dte or 7.0)
 
-    candidates = select_candidates(instruments, books, settings, now_ms)
+    candidates = select_candidates(chain, settings, now_ms)
     pos_values = []
     for n, p in enumerate((p for p in positions if abs(p.signed_size) > 0), start=1):
         pos_values.append(_enrich_position(f"p{n}", p, by_name.get(p.instrument_name), books.get(p.instrument_name), spot, now_ms))
     # Where a short call may roll: its own window over the whole chain (no request of its own).
-    rolls = select_candidates(instruments, books, settings, now_ms, roll=True) \
+    rolls = select_candidates(chain, settings, now_ms, roll=True) \
         if any(p.is_short_call for p in pos_values) else []
 
     equity = account.equity
@@ -66,7 +68,7 @@ async def build_agent_state(
         timestamp=to_datetime(now_ms),
         underlying=cur,
         spot=spot,
-        forward=_forward_near(book, by_name, now_ms, settings.target_dte or 7.0) or spot,
+        forward=_forward_near(near) or spot,
         account=AccountState(
             currency=cur,
             equity=equity,
@@ -88,17 +90,29 @@ async def build_agent_state(
         candidates=tuple(candidates),
         roll_candidates=tuple(rolls),
         chain_size=len(book),
-        **_atm_iv(book, by_name, now_ms, settings.target_dte or 7.0),
+        **_atm_iv(near, now_ms),
         history=history or PositionHistory(),
         requests=counter.requests,
         credits=counter.credits,
     )
 
 
-def select_candidates(
-    instruments: list[Instrument], books: dict[str, BookSummary], settings: Settings, now_ms: int, *,
-    roll: bool = False,
-) -> list[Candidate]:
+Chain = dict[int, list[tuple[Instrument, BookSummary]]]
+
+
+def group_by_expiry(instruments: list[Instrument], books: dict[str, BookSummary]) -> Chain:
+    """The chain by expiry: (instrument, book entry) pairs in instrument order, for the options
+    that have a book entry. One pass over the chain; each use after it reads only the expiries
+    it needs (a DTE window holds a few of a dozen)."""
+    chain: Chain = {}
+    for inst in instruments:
+        b = books.get(inst.instrument_name)
+        if b is not None:
+            chain.setdefault(inst.expiration_timestamp, []).append((inst, b))
+    return chain
+
+
+def select_candidates(chain: Chain, settings: Settings, now_ms: int, *, roll: bool = False) -> list[Candidate]:
     """Calls inside the profile's DTE window and delta band that pass the liquidity filters, nearest
     the targets first. With `roll`, the roll window instead (ROLL_MIN_DTE..ROLL_MAX_DTE, delta up to
     ROLL_MAX_DELTA, nearest ROLL_TARGET_DELTA), ids "r1", "r2", ..."""
@@ -110,21 +124,21 @@ def select_candidates(
     else:
         min_dte, max_dte, min_delta, max_delta = settings.min_dte, settings.max_dte, settings.min_delta, settings.max_delta
         target_delta, target_dte = settings.target_delta, settings.target_dte
-    out = []
-    for inst in instruments:
+    found: list[tuple[tuple, dict]] = []
+    max_spread, min_oi = settings.max_spread_pct, settings.min_open_interest
+    pairs = [p for exp_ms, ps in chain.items()
+             if min_dte <= (exp_ms - now_ms) / DAY_MS <= max_dte for p in ps]  # type: ignore[operator]
+    for inst, b in pairs:
         if inst.option_type != "call" or not inst.is_active or inst.strike is None:
             continue
         dte = (inst.expiration_timestamp - now_ms) / DAY_MS
-        if not (min_dte <= dte <= max_dte):  # type: ignore[operator]
-            continue
-        b = books.get(inst.instrument_name)
-        if b is None or not b.bid_price or not b.ask_price or not b.mark_iv or not b.underlying_price:
+        if not b.bid_price or not b.ask_price or not b.mark_iv or not b.underlying_price:
             continue  # no bid (or no ask to judge the spread): not liquid enough to sell into
         mid = (b.bid_price + b.ask_price) / 2
         spread_pct = (b.ask_price - b.bid_price) / mid * 100.0
-        if spread_pct > settings.max_spread_pct:  # type: ignore[operator]
+        if spread_pct > max_spread:  # type: ignore[operator]
             continue
-        if (b.open_interest or 0.0) < settings.min_open_interest:  # type: ignore[operator]
+        if (b.open_interest or 0.0) < min_oi:  # type: ignore[operator]
             continue
         fwd = b.underlying_price
         t = years_between(now_ms, inst.expiration_timestamp)
@@ -132,37 +146,35 @@ def select_candidates(
         if not (min_delta <= delta <= max_delta):  # type: ignore[operator]
             continue
         mark = b.mark_price if b.mark_price is not None else mid
-        annual_yield = b.bid_price * (365.0 / dte) * 100.0 if dte > 0 else 0.0
-        score = candidate_score(delta, dte, settings, target_delta=target_delta, target_dte=target_dte)
-        out.append(
-            Candidate(
-                id="",
-                instrument_name=inst.instrument_name,
-                strike=inst.strike,
-                expiration_timestamp=inst.expiration_timestamp,
-                dte=round(dte, 4),
-                delta=round(delta, 4),
-                mark_iv=b.mark_iv,
-                forward=fwd,
-                bid=b.bid_price,
-                ask=b.ask_price,
-                mark=mark,
-                bid_usd=round(b.bid_price * fwd, 2),
-                ask_usd=round(b.ask_price * fwd, 2),
-                mark_usd=round(mark * fwd, 2),
-                otm_pct=round((inst.strike / fwd - 1.0) * 100.0, 3),
-                annualized_yield_pct=round(annual_yield, 3),
-                open_interest=b.open_interest or 0.0,
-                spread_pct=round(spread_pct, 3),
-                score=round(score, 4),
-                min_trade_amount=inst.min_trade_amount,
-                tick_size=inst.tick_size,
-                tick_size_steps=tuple((s.above_price, s.tick_size) for s in inst.tick_size_steps),
-            )
-        )
-    out.sort(key=lambda c: (-c.score, -c.annualized_yield_pct, c.expiration_timestamp, c.strike))
+        annual_yield = round(b.bid_price * (365.0 / dte) * 100.0 if dte > 0 else 0.0, 3)
+        score = round(candidate_score(delta, dte, settings, target_delta=target_delta, target_dte=target_dte), 4)
+        found.append(((-score, -annual_yield, inst.expiration_timestamp, inst.strike), dict(
+            instrument_name=inst.instrument_name,
+            strike=inst.strike,
+            expiration_timestamp=inst.expiration_timestamp,
+            dte=round(dte, 4),
+            delta=round(delta, 4),
+            mark_iv=b.mark_iv,
+            forward=fwd,
+            bid=b.bid_price,
+            ask=b.ask_price,
+            mark=mark,
+            bid_usd=round(b.bid_price * fwd, 2),
+            ask_usd=round(b.ask_price * fwd, 2),
+            mark_usd=round(mark * fwd, 2),
+            otm_pct=round((inst.strike / fwd - 1.0) * 100.0, 3),
+            annualized_yield_pct=annual_yield,
+            open_interest=b.open_interest or 0.0,
+            spread_pct=round(spread_pct, 3),
+            score=score,
+            min_trade_amount=inst.min_trade_amount,
+            tick_size=inst.tick_size,
+            tick_size_steps=tuple((s.above_price, s.tick_size) for s in inst.tick_size_steps),
+        )))
+    # Best first; the ids follow the order (Candidate is immutable: built once, with its id).
+    found.sort(key=lambda f: f[0])
     prefix = "r" if roll else "c"
-    return [c.model_copy(update={"id": f"{prefix}{n}"}) for n, c in enumerate(out, start=1)]
+    return [Candidate(id=f"{prefix}{n}", **fields) for n, (_, fields) in enumerate(found, start=1)]
 
 
 def candidate_score(delta: float, dte: float, settings: Settings, *, target_delta: float | None = None,
@@ -209,33 +221,37 @@ def _enrich_position(pid, p, inst: Instrument | None, b: BookSummary | None, spo
     )
 
 
-def _atm_iv(book: list[BookSummary], by_name: dict[str, Instrument], now_ms: int, target_dte: float) -> dict:
+def _nearest_expiries(chain: Chain, now_ms: int, target_dte: float) -> list[list[tuple[Instrument, BookSummary]]]:
+    """The live expiries of the book, nearest `target_dte` first (ties: the earlier), as their
+    (instrument, book entry) pairs: _atm_iv and _forward_near read only the first one or two."""
+    live = [e for e in chain if e > now_ms]
+    live.sort(key=lambda e: (round(abs((e - now_ms) / DAY_MS - target_dte), 6), e))
+    return [chain[e] for e in live]
+
+
+def _atm_iv(near: list[list[tuple[Instrument, BookSummary]]], now_ms: int) -> dict:
     """The volatility the chain prices at: the call nearest the forward at the expiry nearest the
     target DTE (from the book already read: no request of its own)."""
-    best: tuple[float, float, float, float] | None = None  # (dte gap, strike gap %, iv, dte)
-    for b in book:
-        inst = by_name.get(b.instrument_name)
-        if inst is None or inst.option_type != "call" or not b.mark_iv or not b.underlying_price:
-            continue
-        dte = (inst.expiration_timestamp - now_ms) / DAY_MS
-        if dte <= 0:
-            continue
-        key = (round(abs(dte - target_dte), 6), abs(inst.strike / b.underlying_price - 1.0), b.mark_iv, dte)
-        if best is None or key[:2] < best[:2]:
-            best = key
-    return {"atm_iv": round(best[2], 2), "atm_iv_dte": round(best[3], 2)} if best else {}
+    for pairs in near:
+        best: tuple[float, float, float] | None = None  # (strike gap %, iv, dte)
+        for inst, b in pairs:
+            if inst.option_type != "call" or not b.mark_iv or not b.underlying_price or inst.strike is None:
+                continue
+            gap = abs(inst.strike / b.underlying_price - 1.0)
+            if best is None or gap < best[0]:
+                best = (gap, b.mark_iv, (inst.expiration_timestamp - now_ms) / DAY_MS)
+        if best is not None:
+            return {"atm_iv": round(best[1], 2), "atm_iv_dte": round(best[2], 2)}
+    return {}
 
 
-def _forward_near(book: list[BookSummary], by_name: dict[str, Instrument], now_ms: int, target_dte: float) -> float | None:
-    best: tuple[float, float] | None = None
-    for b in book:
-        inst = by_name.get(b.instrument_name)
-        if inst is None or not b.underlying_price:
-            continue
-        gap = abs((inst.expiration_timestamp - now_ms) / DAY_MS - target_dte)
-        if best is None or gap < best[0]:
-            best = (gap, b.underlying_price)
-    return best[1] if best else None
+def _forward_near(near: list[list[tuple[Instrument, BookSummary]]]) -> float | None:
+    """The forward (underlying_price) of the expiry nearest the target DTE."""
+    for pairs in near:
+        for _, b in pairs:
+            if b.underlying_price:
+                return b.underlying_price
+    return None
 
 
 def parse_option_name(name: str) -> dict:
@@ -252,4 +268,4 @@ def parse_option_name(name: str) -> dict:
     }
 
 
-__all__ = ["build_agent_state", "select_candidates", "candidate_score", "parse_option_name", "YEAR_SECONDS"]
+__all__ = ["build_agent_state", "group_by_expiry", "select_candidates", "candidate_score", "parse_option_name", "YEAR_SECONDS"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -27,6 +28,7 @@ from .llm_wiring import LLMWiring
 from .store import LeaseLostError, Store, lease_line
 
 log = logging.getLogger(__name__)
+HEARTBEAT_EVERY_S = 10.0  # bot_runs.heartbeat_at: at most this often (wall time), whatever the tick rate
 
 
 def enabled_channel_names(settings: Settings) -> tuple[str, ...]:
@@ -83,6 +85,8 @@ class Bot:
         self.ledgers: dict[str, LedgerService] = {}  # the other coins of UNDERLYING=BTC,ETH
         self.run_id: int | None = None
         self._state = None  # the last tick's AgentState (for the ledger)
+        self.inline_writes = False  # see _write
+        self._heartbeat_at = -HEARTBEAT_EVERY_S  # monotonic time of the last bot_runs heartbeat
         self._data_version: int | None = None
         self.interval = settings.loop_interval_sec  # the runner sets what it schedules
         self.dashboard_url: str | None = None  # the web channel sets it when it serves one
@@ -261,12 +265,13 @@ class Bot:
         decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,
                                   llm_brain=brain, llm_off_reason=off, state_hook=self._keep_state)
         # Writes in a thread: a locked database delays the tick's record, not the buttons.
-        decision_id = await asyncio.to_thread(self.store.record_decision, decision)
+        decision_id = await self._write(self.store.record_decision, decision)
         self.ticks_done += 1
         self.ticks_by[coin] += 1
         self.failures_by[coin] = 0
         self.errors_by[coin] = None
-        if self.run_id is not None:
+        if self.run_id is not None and time.monotonic() - self._heartbeat_at >= HEARTBEAT_EVERY_S:
+            self._heartbeat_at = time.monotonic()
             self.store.bot_heartbeat(self.run_id)
         await self._update_ledger()
         await self._say_once(decision.proposed_action)
@@ -276,14 +281,22 @@ class Bot:
             nxt = datetime.now(timezone.utc) + timedelta(seconds=self.interval)
             await self.core.quiet(render.quiet_tick(decision_id, decision.timestamp, decision.final_action.reasoning,
                                                     cands[0] if cands else None, nxt))
-        result = await asyncio.to_thread(self.approvals.propose, decision_id, decision)
+        result = await self._write(self.approvals.propose, decision_id, decision)
         for old in result.superseded:
             await self.core.refresh_proposal(old)
         if result.kind == "created" and result.proposal_id is not None:
-            await asyncio.to_thread(self.approvals.auto_approve, result.proposal_id)
+            await self._write(self.approvals.auto_approve, result.proposal_id)
             await self.core.broadcast_proposal(result.proposal_id)
             await self.executor.execute_approved()
         return decision_id, decision
+
+    async def _write(self, fn, *args):
+        """A store write of the tick or the sweep: in a thread, so a locked database delays the
+        write and never the loop (buttons, commands); inline when nothing else runs on the loop
+        (a backtest: no channels, and the hop to a thread would be most of a tick's write)."""
+        if self.inline_writes:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
     def _keep_state(self, state):
         self._state = state
@@ -333,7 +346,7 @@ class Bot:
         """Expire what is due, execute what is approved (from any process), follow every order still
         working or whose outcome is not known yet, and anchor the audit chain."""
         await self.core.announce_pause_change()
-        for pid in await asyncio.to_thread(self.approvals.expire_due):
+        for pid in await self._write(self.approvals.expire_due):
             await self.core.refresh_proposal(pid)
         if not self.approvals.is_paused():
             await self.executor.execute_approved()

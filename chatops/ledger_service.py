@@ -40,8 +40,9 @@ class LedgerService:
         first = not self.started
         result = await sync(client, state, cursor, force=first)
         self.last_requests = result.requests
-        self.store.record_ledger(self.underlying, result.fills, result.settlements, result.cursor.to_dict(),
-                                 result.snapshot)
+        moved = result.cursor != cursor  # unchanged on most ticks: no cursor write then
+        self.store.record_ledger(self.underlying, result.fills, result.settlements,
+                                 result.cursor.to_dict() if moved else None, result.snapshot)
         if first:
             self.started = True
             await self._reconcile(state)

@@ -128,3 +128,38 @@ def test_realized_vol_from_the_index_price_of_past_ticks(tmp_path):
     st = OPEN_STATE.model_copy(update={"history": history})
     assert f"realized 7d {expected:.1f}%, 30d " in user_text(st)
     store.close()
+
+
+def test_realized_vol_kept_between_ticks_matches_a_fresh_read(tmp_path):
+    """The hours kept between calls (only new hours are read each tick) give what a store reading
+    the whole month from scratch gives, tick after tick, across the window's edge and a clock set back."""
+    import math
+
+    from agent.models import Action, ActionType, Decision, RiskResult
+    from chatops.store import Store
+
+    path = tmp_path / "rv-live.db"
+    live = Store(path)
+    nothing = Action(action=ActionType.DO_NOTHING, underlying="BTC")
+    start = NOW - timedelta(days=33)
+    checked = 0
+    for h in range(33 * 24):
+        for minute in (5, 35):
+            t = start + timedelta(hours=h, minutes=minute)
+            spot = 95_000 * math.exp(0.02 * math.sin(h * 0.7) + 0.001 * minute / 35)
+            live.record_decision(Decision(timestamp=t, underlying="BTC", state={"spot": spot},
+                                          proposed_action=nothing, risk_check=RiskResult(allowed=True),
+                                          final_action=nothing))
+            got = live.history_for_policy("BTC", t + timedelta(minutes=1))
+            if h % 97 == 0 or h > 32 * 24:
+                fresh = Store(path)
+                want = fresh.history_for_policy("BTC", t + timedelta(minutes=1))
+                fresh.close()
+                assert (got.realized_vol_7d, got.realized_vol_30d) == (want.realized_vol_7d, want.realized_vol_30d)
+                checked += 1
+    assert checked > 40 and got.realized_vol_30d is not None
+    back = NOW - timedelta(days=20)  # the clock set back: hours after it are not used
+    fresh = Store(path)
+    assert live.history_for_policy("BTC", back).realized_vol_7d == fresh.history_for_policy("BTC", back).realized_vol_7d
+    fresh.close()
+    live.close()

@@ -136,6 +136,7 @@ class PaperExchange(AccountMixin, OrdersMixin):
         self._saved_wall = 0.0
         self._saved_ms = 0
         self._instruments_cache: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self._instrument_wires: dict[tuple[str, bool], dict[str, Any]] = {}  # (name, active) -> wire, built once
 
         if reset and self.state_path is not None and self.state_path.exists():
             self.state_path.unlink()
@@ -500,7 +501,14 @@ class PaperExchange(AccountMixin, OrdersMixin):
             cached = self._instruments_cache.get(key)
             if cached is None:
                 specs = market.expired_options.values() if p["expired"] else market.options.values()
-                cached = [self._instrument_wire(s, active=not p["expired"]) for s in specs]
+                # A spec never changes once listed: its wire is built once (new strikes add a few).
+                wires = self._instrument_wires
+                active = not p["expired"]
+                cached = [wires.get((s.name, active)) or wires.setdefault((s.name, active), self._instrument_wire(s, active))
+                          for s in specs]
+                if len(wires) > 4 * len(cached) + 1000:  # expired names: drop what this answer did not use
+                    keep = {(w["instrument_name"], active) for w in cached}
+                    self._instrument_wires = {k: v for k, v in wires.items() if k in keep or k[1] != active}
                 self._instruments_cache = {k: v for k, v in self._instruments_cache.items() if k[0] != key[0]}
                 self._instruments_cache[key] = cached
             out.extend(cached)

@@ -278,6 +278,7 @@ class Market:
     _summary_cache: tuple[tuple[int, int], list[dict[str, Any]]] | None = field(default=None, repr=False)
     _tables: tuple[tuple[int, int], dict[int, ExpiryTable]] | None = field(default=None, repr=False)
     _extended_at: tuple[int, int] | None = field(default=None, repr=False)
+    _book_rows_cache: dict[int, tuple[list[OptionSpec], tuple[str, list]]] = field(default_factory=dict, repr=False)
 
     MAX_SETTLED = 60
 
@@ -464,26 +465,38 @@ class Market:
         spot = self.spot(now_ms)
         out: list[dict[str, Any]] = []
         for exp_ms in sorted(self.expiries):
-            e = self.expiries[exp_ms]
-            t = (exp_ms - now_ms) / YEAR_MS
-            if t <= 0:
+            if exp_ms <= now_ms:
                 continue
-            tab = self._table(e, now_ms, spot)
-            fwd = tab.forward
-            u_index = underlying_index(cur, e)
-            index = tab.index
-            for spec in self.by_expiry[exp_ms]:
-                i = index[spec.strike]
-                if spec.option_type == "call":
-                    mark, bid, ask, mid = tab.call_mark[i], tab.call_bid[i], tab.call_ask[i], tab.call_mid[i]
-                else:
-                    mark, bid, ask, mid = tab.put_mark[i], tab.put_bid[i], tab.put_ask[i], tab.put_mid[i]
-                out.append({
-                    "instrument_name": spec.name, "base_currency": cur, "quote_currency": cur,
-                    "bid_price": bid, "ask_price": ask, "mid_price": mid, "mark_price": mark, "mark_iv": tab.iv_pct[i],
-                    "underlying_price": fwd, "underlying_index": u_index, "estimated_delivery_price": index_price,
-                    "interest_rate": 0.0, "open_interest": spec.open_interest, "volume": spec.volume,
-                    "creation_timestamp": now_ms,
-                })
+            tab = self._table(self.expiries[exp_ms], now_ms, spot)
+            fwd, iv, u_index, rows = tab.forward, tab.iv_pct, *self._book_rows(exp_ms)
+            # Calls then puts in one list each: an entry's j is its row in them, i its strike's.
+            mark, bid = tab.call_mark + tab.put_mark, tab.call_bid + tab.put_bid
+            ask, mid = tab.call_ask + tab.put_ask, tab.call_mid + tab.put_mid
+            out += [{
+                "instrument_name": name, "base_currency": cur, "quote_currency": cur,
+                "bid_price": bid[j], "ask_price": ask[j], "mid_price": mid[j], "mark_price": mark[j], "mark_iv": iv[i],
+                "underlying_price": fwd, "underlying_index": u_index, "estimated_delivery_price": index_price,
+                "interest_rate": 0.0, "open_interest": oi, "volume": vol, "creation_timestamp": now_ms,
+            } for name, i, j, oi, vol in rows]
         self._summary_cache = (key, out)
         return out
+
+    def _book_rows(self, exp_ms: int) -> tuple[str, list[tuple[str, int, int, float, float]]]:
+        """What the book summary needs of an expiry's options that does not move with the market:
+        (underlying index, [(name, strike row i, row j among calls then puts, open interest, volume)]),
+        cached per listing (the specs list is replaced when strikes are added)."""
+        specs = self.by_expiry[exp_ms]
+        cache = self._book_rows_cache
+        hit = cache.get(exp_ms)
+        if hit is not None and hit[0] is specs:
+            return hit[1]
+        e = self.expiries[exp_ms]
+        index = {k: n for n, k in enumerate(e.strikes)}
+        n = len(e.strikes)
+        rows = [(sp.name, index[sp.strike], index[sp.strike] + (0 if sp.option_type == "call" else n),
+                 sp.open_interest, sp.volume) for sp in specs]
+        cache[exp_ms] = (specs, (underlying_index(self.currency, e), rows))
+        if len(cache) > 4 * len(self.expiries) + 16:
+            for old in [k for k in cache if k not in self.by_expiry]:
+                del cache[old]
+        return cache[exp_ms][1]

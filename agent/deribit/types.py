@@ -56,6 +56,11 @@ class Instrument(Wire):
 
 
 class BookSummary(Wire):
+    """One option of `get_book_summary_by_currency`: the fields the agent reads, no more. The book
+    is the largest answer of every tick (thousands of entries); each field kept costs its parse on
+    every entry, so the ones nothing reads (underlying_index, estimated_delivery_price,
+    interest_rate, volume, creation_timestamp) are left to `extra="ignore"`."""
+
     instrument_name: str
     bid_price: float | None = None
     ask_price: float | None = None
@@ -63,12 +68,7 @@ class BookSummary(Wire):
     mark_price: float | None = None
     mark_iv: float | None = None
     underlying_price: float | None = None
-    underlying_index: str | None = None
-    estimated_delivery_price: float | None = None
     open_interest: float | None = None
-    interest_rate: float | None = None
-    volume: float | None = None
-    creation_timestamp: int | None = None
 
 
 class Greeks(Wire):

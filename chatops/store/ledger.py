@@ -83,10 +83,11 @@ class LedgerMixin:
     # --- records ---------------------------------------------------------------------------
 
     def record_ledger(self, underlying: str, fills: tuple[Fill, ...] | list[Fill],
-                      settlements: tuple[Settlement, ...] | list[Settlement], cursor: dict[str, Any],
+                      settlements: tuple[Settlement, ...] | list[Settlement], cursor: dict[str, Any] | None,
                       snapshot: Snapshot | None = None) -> tuple[int, int]:
-        """Add new fills and settlements (ones already stored are skipped), move the cursor and keep
-        the snapshot, in one transaction; returns how many fills and settlements were new."""
+        """Add new fills and settlements (ones already stored are skipped), move the cursor (None:
+        it did not move) and keep the snapshot, in one transaction; returns how many fills and
+        settlements were new."""
         now = iso(self._now())
         nf = ns = 0
         with self.write() as conn:
@@ -102,9 +103,10 @@ class LedgerMixin:
                     "instrument_name": s.instrument_name, "position": s.position, "payoff": s.payoff,
                     "delivery_price": s.delivery_price, "cash_flow": s.cash_flow, "type": s.type,
                     "recorded_at": now}, or_ignore=True))
-            conn.execute("INSERT INTO ledger_cursor (underlying, cursor_json, updated_at) VALUES (?, ?, ?) "
-                         "ON CONFLICT(underlying) DO UPDATE SET cursor_json = excluded.cursor_json, "
-                         "updated_at = excluded.updated_at", [underlying, dumps(cursor), now])
+            if cursor is not None:
+                conn.execute("INSERT INTO ledger_cursor (underlying, cursor_json, updated_at) VALUES (?, ?, ?) "
+                             "ON CONFLICT(underlying) DO UPDATE SET cursor_json = excluded.cursor_json, "
+                             "updated_at = excluded.updated_at", [underlying, dumps(cursor), now])
             if snapshot is not None:
                 self._insert_snapshot(conn, underlying, snapshot)
         return nf, ns

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -150,17 +151,7 @@ class ReviewMixin:
         """Realized vol over 7 and 30 days from the index price the ticks recorded, sampled hourly
         (the last tick of each hour): no exchange request, a few hundred rows at most."""
         end = now or self._now()
-        key = (underlying, iso(end)[:13])  # hourly samples: recomputed once an hour
-        cache = self.__dict__.setdefault("_rv_cache", {})
-        if key in cache:
-            return cache[key]
-        spot = self.db.json_number("d.state_json", "spot")
-        rows = self._rows(
-            f"SELECT d.ts, {spot} AS spot FROM decisions d JOIN ("
-            "SELECT MAX(id) AS id FROM decisions WHERE underlying = ? AND ts >= ? AND ts <= ? "
-            "GROUP BY substr(ts, 1, 13)) h ON d.id = h.id ORDER BY d.ts",
-            [underlying, iso(end - timedelta(days=30)), iso(end)])
-        points = [(parse_ts(r["ts"]).timestamp(), r["spot"]) for r in rows]
+        points = self._hourly_spots(underlying, end)
         week = end.timestamp() - 7 * 86400
         out = {}
         for name, pts, need in (("realized_vol_7d", [p for p in points if p[0] >= week], 24),
@@ -168,6 +159,37 @@ class ReviewMixin:
             vol = realized_vol_pct(pts, min_returns=need)
             if vol is not None:
                 out[name] = round(vol, 2)
-        cache.clear()
-        cache[key] = out
         return out
+
+    def _hourly_spots(self, underlying: str, end: datetime, days: float = 30.0) -> list[tuple[float, float]]:
+        """(time, spot) of the last tick of each hour in the `days` before `end`, oldest first.
+
+        Hours before the current one are complete (ticks are recorded at their own time), so they
+        are kept between calls and only the hours since the newest kept one are read: a few rows
+        a tick instead of a month of them."""
+        lo, hi = iso(end - timedelta(days=days)), iso(end)
+        with self.__dict__.setdefault("_spot_hours_lock", threading.Lock()):  # the loop and the web/ask threads
+            return self._hourly_spots_locked(underlying, lo, hi)
+
+    def _hourly_spots_locked(self, underlying: str, lo: str, hi: str) -> list[tuple[float, float]]:
+        # hour ("YYYY-MM-DDTHH") -> (ts text, unix seconds, spot) of its last tick
+        kept: dict[str, tuple[str, float, float]] = self.__dict__.setdefault("_spot_hours", {}).setdefault(underlying, {})
+        for h in [h for h, (ts, _, _) in kept.items() if ts < lo or ts > hi]:
+            del kept[h]  # out of the window (or after `end`: a clock set back)
+        since = lo
+        if kept:
+            newest = max(kept)
+            since = max(lo, iso(datetime.fromisoformat(newest + ":00:00+00:00") + timedelta(hours=1)))
+        spot = self.db.json_number("d.state_json", "spot")
+        rows = self._rows(
+            f"SELECT d.ts, {spot} AS spot FROM decisions d JOIN ("
+            "SELECT MAX(id) AS id FROM decisions WHERE underlying = ? AND ts >= ? AND ts <= ? "
+            "GROUP BY substr(ts, 1, 13)) h ON d.id = h.id ORDER BY d.ts",
+            [underlying, since, hi])
+        current = hi[:13]
+        fresh = {r["ts"][:13]: (r["ts"], parse_ts(r["ts"]).timestamp(), r["spot"]) for r in rows}
+        for h, v in fresh.items():
+            if h < current:
+                kept[h] = v  # complete: no later tick can join this hour
+        merged = {**kept, **fresh}
+        return [(t, sp) for _, (_, t, sp) in sorted(merged.items())]
