@@ -45,12 +45,14 @@ async def build_agent_state(
             client.get_open_orders_by_currency(cur, "option"),
         )
     now_ms = clock.now_ms()
-    by_name = {i.instrument_name: i for i in instruments}
     books = {b.instrument_name: b for b in book}
-    if not books.keys() <= by_name.keys():
-        client.invalidate_instruments()  # a new expiry was listed: refetch (the 10 s limit permitting)
-    spot = index.index_price
     chain = group_by_expiry(instruments, books)
+    if sum(map(len, chain.values())) < len(books):
+        client.invalidate_instruments()  # a new expiry was listed: refetch (the 10 s limit permitting)
+    # The few instruments positions and orders need, not a dict of the whole chain.
+    wanted = {p.instrument_name for p in positions} | {o.instrument_name for o in orders}
+    by_name = {name: inst for name in wanted if (inst := _instrument(name, chain, instruments)) is not None}
+    spot = index.index_price
     near = _nearest_expiries(chain, now_ms, settings.target_dte or 7.0)
 
     candidates = select_candidates(chain, settings, now_ms)
@@ -110,6 +112,19 @@ def group_by_expiry(instruments: list[Instrument], books: dict[str, BookSummary]
         if b is not None:
             chain.setdefault(inst.expiration_timestamp, []).append((inst, b))
     return chain
+
+
+def _instrument(name: str, chain: Chain, instruments: list[Instrument]) -> Instrument | None:
+    """One instrument by name: from its expiry's options in the chain (the name says the expiry),
+    else a search of the whole list (an option with no book entry)."""
+    try:
+        pairs = chain.get(parse_option_name(name)["expiration_timestamp"], ())
+    except ValueError:
+        pairs = ()
+    for inst, _ in pairs:
+        if inst.instrument_name == name:
+            return inst
+    return next((i for i in instruments if i.instrument_name == name), None)
 
 
 def select_candidates(chain: Chain, settings: Settings, now_ms: int, *, roll: bool = False) -> list[Candidate]:

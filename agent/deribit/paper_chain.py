@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 _SQRT2 = math.sqrt(2.0)
-_erf = np.frompyfunc(math.erf, 1, 1)
 
 # Deribit's tick grid in "pips" of 0.0001 (see paper_market.bid_ask, whose rules these are).
 _PIPS_PER_COIN = 10_000
@@ -25,7 +24,9 @@ _HALF_SPREAD = 0.035
 
 
 def norm_cdf(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + _erf(x / _SQRT2).astype(float))
+    """math.erf on each element (numpy has no erf; the same values as the scalar pricing)."""
+    z = (x / _SQRT2).tolist()
+    return 0.5 * (1.0 + np.fromiter(map(math.erf, z), dtype=float, count=len(z)))
 
 
 @dataclass(frozen=True)

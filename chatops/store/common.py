@@ -256,10 +256,14 @@ def assert_no_secrets(obj: Any, where: str = "config") -> None:
             assert_no_secrets(v, where)
 
 
-def serialize_decision(decision: Decision) -> dict[str, Any]:
+def serialize_decision(decision: Decision, checked_config: str | None = None) -> dict[str, Any]:
     """The column values of one decision row (config as `config_json`, stored apart). This is the
-    exact serialization `record_decision` uses (the benchmark builds its bulk rows with it)."""
-    assert_no_secrets(decision.config_snapshot, "config snapshot")
+    exact serialization `record_decision` uses (the benchmark builds its bulk rows with it).
+    `checked_config`: a config_json already checked for secrets (the same settings as the last
+    tick's need not be walked again)."""
+    config_json = canonical(_strip_none(decision.config_snapshot)) if decision.config_snapshot else None
+    if config_json is None or config_json != checked_config:
+        assert_no_secrets(decision.config_snapshot, "config snapshot")
     proposed = _model_json(decision.proposed_action)
     final = _model_json(decision.final_action)
     fa = decision.final_action
@@ -280,7 +284,7 @@ def serialize_decision(decision: Decision) -> dict[str, Any]:
         "execution_json": _model_json(decision.execution),
         "shadow_json": _model_json(decision.shadow_action),
         "timings_json": dumps(decision.timings_ms) if decision.timings_ms else None,
-        "config_json": canonical(_strip_none(decision.config_snapshot)) if decision.config_snapshot else None,
+        "config_json": config_json,
     }
 
 

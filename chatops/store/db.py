@@ -172,10 +172,16 @@ class Database:
     # --- statements -------------------------------------------------------------------------
 
     def execute(self, sql: str, params: Params = ()) -> CursorResult:
-        if self.is_pg and _DDL_TABLE.match(sql):
-            sql = self.ddl(sql)
-        stmt, values = bind(sql, params)
         try:
+            if not self.is_pg:
+                # SQLite takes the statement as written (`?` and `:name` are its own paramstyles):
+                # no TextClause to compile per call, a third of a small statement's time.
+                if isinstance(params, dict):
+                    return self.conn.exec_driver_sql(sql, params)
+                return self.conn.exec_driver_sql(sql, tuple(params)) if params else self.conn.exec_driver_sql(sql)
+            if _DDL_TABLE.match(sql):
+                sql = self.ddl(sql)
+            stmt, values = bind(sql, params)
             return self.conn.execute(stmt, values)
         except DBAPIError as exc:
             if self.is_busy(exc):

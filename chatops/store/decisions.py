@@ -19,16 +19,23 @@ class DecisionsMixin:
     def record_decision(self, decision: Decision) -> int:
         """Store one tick (and its LLM calls) in one transaction; returns the decision id.
         Raises ValueError if the config snapshot holds an unredacted secret."""
-        row = serialize_decision(decision)
+        known = self.__dict__.get("_last_config")  # (config_json, id) of the last committed decision
+        row = serialize_decision(decision, checked_config=known[0] if known else None)
         config_json = row.pop("config_json")
         with self.write() as conn:
-            row["config_id"] = self._config_id(conn, config_json)
+            top = self._depth == 1  # not inside a caller's transaction (which could still roll back)
+            if known is not None and config_json == known[0]:
+                row["config_id"] = known[1]  # the same settings as the last tick: the same snapshot row
+            else:
+                row["config_id"] = self._config_id(conn, config_json)
             decision_id = self._insert(conn, "decisions", row)
             mode_default = "shadow" if decision.shadow_action is not None else "drive"
             for rec in decision.llm_calls:
                 fields = {"mode": mode_default, **rec, "decision_id": decision_id}
                 fields.pop("default_ts", None)
                 self._insert_llm_call(conn, default_ts=row["ts"], **fields)
+        if top and config_json is not None and row["config_id"] is not None:
+            self._last_config = (config_json, row["config_id"])  # committed: safe to reuse
         return decision_id
 
     def _config_id(self, conn: Database, config_json: str | None) -> int | None:

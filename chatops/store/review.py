@@ -172,13 +172,15 @@ class ReviewMixin:
             return self._hourly_spots_locked(underlying, lo, hi)
 
     def _hourly_spots_locked(self, underlying: str, lo: str, hi: str) -> list[tuple[float, float]]:
-        # hour ("YYYY-MM-DDTHH") -> (ts text, unix seconds, spot) of its last tick
+        # hour ("YYYY-MM-DDTHH") -> (ts text, unix seconds, spot) of its last tick, oldest hour first
         kept: dict[str, tuple[str, float, float]] = self.__dict__.setdefault("_spot_hours", {}).setdefault(underlying, {})
-        for h in [h for h, (ts, _, _) in kept.items() if ts < lo or ts > hi]:
-            del kept[h]  # out of the window (or after `end`: a clock set back)
+        if kept and kept[next(reversed(kept))][0] > hi:
+            kept.clear()  # the clock was set back: read the window again
+        while kept and kept[next(iter(kept))][0] < lo:
+            del kept[next(iter(kept))]  # out of the window
         since = lo
         if kept:
-            newest = max(kept)
+            newest = next(reversed(kept))
             since = max(lo, iso(datetime.fromisoformat(newest + ":00:00+00:00") + timedelta(hours=1)))
         spot = self.db.json_number("d.state_json", "spot")
         rows = self._rows(
@@ -187,9 +189,10 @@ class ReviewMixin:
             "GROUP BY substr(ts, 1, 13)) h ON d.id = h.id ORDER BY d.ts",
             [underlying, since, hi])
         current = hi[:13]
-        fresh = {r["ts"][:13]: (r["ts"], parse_ts(r["ts"]).timestamp(), r["spot"]) for r in rows}
-        for h, v in fresh.items():
+        out = [(t, sp) for _, t, sp in kept.values()]
+        for r in rows:  # in time order, all after the kept hours
+            h, t = r["ts"][:13], parse_ts(r["ts"]).timestamp()
             if h < current:
-                kept[h] = v  # complete: no later tick can join this hour
-        merged = {**kept, **fresh}
-        return [(t, sp) for _, (_, t, sp) in sorted(merged.items())]
+                kept[h] = (r["ts"], t, r["spot"])  # complete: no later tick can join this hour
+            out.append((t, r["spot"]))
+        return out
