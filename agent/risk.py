@@ -94,10 +94,16 @@ def check_action_allowed(state: AgentState, action: Action, settings: Settings, 
     checks.append("size is a positive multiple of the minimum, within DEFAULT_ORDER_SIZE")
 
     age = ((now or state.timestamp) - state.timestamp).total_seconds()
-    if age > settings.max_state_age_sec:
-        reasons.append(f"state is {age:.0f} s old (max {settings.max_state_age_sec:g} s)")
+    # Under PAPER_SPEED the clocks run in market time: a state read 0.3 wall seconds ago at
+    # speed 3600 is 18 market minutes old. The limit is on how long ago the bot read it, in the
+    # seconds a person or a process lives in.
+    in_process_sim = settings.exchange == "paper" and not settings.paper_exchange_url and settings.paper_speed
+    speed = float(settings.paper_speed) if in_process_sim else 1.0  # type: ignore[arg-type]
+    wall = f" ({age / speed:.1f} s of wall time at speed {speed:g})" if speed != 1.0 else ""
+    if age / speed > settings.max_state_age_sec:
+        reasons.append(f"state is {age:.0f} s old{wall} (max {settings.max_state_age_sec:g} s)")
     else:
-        checks.append(f"state is {age:.0f} s old")
+        checks.append(f"state is {age:.0f} s old{wall}")
 
     # The book after the action.
     shorts: dict[str, tuple[float, int]] = {p.instrument_name: (abs(p.size), p.expiration_timestamp) for p in state.short_calls}

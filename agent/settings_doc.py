@@ -90,7 +90,7 @@ GROUPS: dict[str, list[tuple[str, str] | tuple[str, str, str]]] = {
         ("max_net_delta_abs", "risk: block when the coin held plus the options book's delta would move past this "
                               "(what lowers it always passes)", "none: no net limit"),
         ("max_expiry_exposure", "risk: short calls per expiry (coin) at most this"),
-        ("max_state_age_sec", "risk: a state older than this many seconds is not acted on"),
+        ("max_state_age_sec", "risk: a state read longer ago than this many seconds is not acted on (wall seconds, under PAPER_SPEED too)"),
         ("max_slippage_pct", "a sell is never priced below the mark minus this % (a buy never above plus)"),
         ("order_reprice_sec", "a working order steps from the mid toward the touch this often (seconds)"),
         ("order_timeout_sec", "what still rests after this many seconds is cancelled (not below ORDER_REPRICE_SEC)"),

@@ -45,13 +45,12 @@ async def build_agent_state(
             client.get_open_orders_by_currency(cur, "option"),
         )
     now_ms = clock.now_ms()
-    books = {b.instrument_name: b for b in book}
-    chain = group_by_expiry(instruments, books)
-    if sum(map(len, chain.values())) < len(books):
+    by_name = instrument_index(instruments)
+    # The few book entries positions need, picked up on the one pass that groups the chain.
+    wanted = {p.instrument_name for p in positions}
+    chain, books, unknown = group_by_expiry(book, by_name, wanted)
+    if unknown:
         client.invalidate_instruments()  # a new expiry was listed: refetch (the 10 s limit permitting)
-    # The few instruments positions and orders need, not a dict of the whole chain.
-    wanted = {p.instrument_name for p in positions} | {o.instrument_name for o in orders}
-    by_name = {name: inst for name in wanted if (inst := _instrument(name, chain, instruments)) is not None}
     spot = index.index_price
     near = _nearest_expiries(chain, now_ms, settings.target_dte or 7.0)
 
@@ -102,29 +101,29 @@ async def build_agent_state(
 Chain = dict[int, list[tuple[Instrument, BookSummary]]]
 
 
-def group_by_expiry(instruments: list[Instrument], books: dict[str, BookSummary]) -> Chain:
-    """The chain by expiry: (instrument, book entry) pairs in instrument order, for the options
-    that have a book entry. One pass over the chain; each use after it reads only the expiries
-    it needs (a DTE window holds a few of a dozen)."""
+def instrument_index(instruments: list[Instrument]) -> dict[str, Instrument]:
+    """Instruments by name: the client's cached list carries its index (built once per fetch)."""
+    index = getattr(instruments, "by_name", None)
+    return index if index is not None else {i.instrument_name: i for i in instruments}
+
+
+def group_by_expiry(book: list[BookSummary], by_name: dict[str, Instrument],
+                    wanted: set[str] = frozenset()) -> tuple[Chain, dict[str, BookSummary], int]:  # type: ignore[assignment]
+    """The chain by expiry: (instrument, book entry) pairs in book order. One pass over the book;
+    each use after it reads only the expiries it needs (a DTE window holds a few of a dozen).
+    Also the entries named in `wanted`, and how many entries have no instrument (a new listing)."""
     chain: Chain = {}
-    for inst in instruments:
-        b = books.get(inst.instrument_name)
-        if b is not None:
-            chain.setdefault(inst.expiration_timestamp, []).append((inst, b))
-    return chain
-
-
-def _instrument(name: str, chain: Chain, instruments: list[Instrument]) -> Instrument | None:
-    """One instrument by name: from its expiry's options in the chain (the name says the expiry),
-    else a search of the whole list (an option with no book entry)."""
-    try:
-        pairs = chain.get(parse_option_name(name)["expiration_timestamp"], ())
-    except ValueError:
-        pairs = ()
-    for inst, _ in pairs:
-        if inst.instrument_name == name:
-            return inst
-    return next((i for i in instruments if i.instrument_name == name), None)
+    found: dict[str, BookSummary] = {}
+    unknown = 0
+    for b in book:
+        inst = by_name.get(b.instrument_name)
+        if inst is None:
+            unknown += 1
+            continue
+        chain.setdefault(inst.expiration_timestamp, []).append((inst, b))
+        if wanted and b.instrument_name in wanted:
+            found[b.instrument_name] = b
+    return chain, found, unknown
 
 
 def select_candidates(chain: Chain, settings: Settings, now_ms: int, *, roll: bool = False) -> list[Candidate]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent import gcpolicy  # noqa: E402
 from agent.backtest import make_spec  # noqa: E402
 from agent.config import load_settings  # noqa: E402
 from chatops.backtest import run  # noqa: E402
@@ -52,6 +53,7 @@ async def live_tick(options_target: int, ticks: int) -> None:
     from agent.deribit.client import DeribitClient, RateLimiter
     from agent.deribit.paper import PaperExchange
     from agent.deribit.paper_market import GRID
+    from agent.deribit import paper_server
     from agent.deribit.paper_server import transport
     from agent.tick import run_tick
 
@@ -73,23 +75,47 @@ async def live_tick(options_target: int, ticks: int) -> None:
         fast = RateLimiter(ordinary_per_s=1e9, ordinary_burst=1e9, orders_per_s=1e9, orders_burst=1e9)
         client = DeribitClient("http://paper.invalid", "a", "b", transport=transport(ex), limiter=fast,
                                server_clock=lambda: clock.now_ms() / 1000.0)
-        lat, cpu = [], []
+        # The exchange's own share of each tick (its pricing, the book, the JSON it writes): in
+        # live trading that is Deribit's time on Deribit's machines, not the bot's.
+        real_dispatch = paper_server.dispatch
+        exch = [0.0]
+
+        async def timed_dispatch(*a, **k):
+            t = time.perf_counter()
+            try:
+                return await real_dispatch(*a, **k)
+            finally:
+                exch[0] += time.perf_counter() - t
+
+        paper_server.dispatch = timed_dispatch
+        lat, cpu, own = [], [], []
         try:
             await run_tick(client, settings, clock=clock)
+            gc_before = gcpolicy.settle()  # as the bot does after its first tick
             for _ in range(ticks):
                 clock.advance(300)
+                exch[0] = 0.0
                 t0, c0 = time.perf_counter(), time.process_time()
                 d = await run_tick(client, settings, clock=clock)
                 lat.append((time.perf_counter() - t0) * 1000)
                 cpu.append((time.process_time() - c0) * 1000)
+                own.append(lat[-1] - exch[0] * 1000)
         finally:
+            paper_server.dispatch = real_dispatch
+            gcpolicy.unsettle(gc_before)
             await client.aclose()
     finally:
         GRID.update(base)
-    p50 = statistics.median(lat)
-    print(f"live tick at {d.state['chain']} options (HTTP transport in process, JSON both ways): "
-          f"p50 {p50:.1f} ms, p95 {sorted(lat)[int(0.95 * len(lat)) - 1]:.1f} ms (CPU p50 {statistics.median(cpu):.1f} ms)  "
-          f"target p50 < 50 ms: {'OK' if p50 < 50 else 'MISSED'}")
+    p50, mine = statistics.median(lat), statistics.median(own)
+    print(f"live tick at {d.state['chain']} options, {ticks} ticks (HTTP transport in process, JSON both ways):\n"
+          f"  whole tick with the exchange in process: p50 {p50:.1f} ms, p95 {_p95(lat):.1f} ms "
+          f"(CPU p50 {statistics.median(cpu):.1f} ms)\n"
+          f"  the bot's part (the tick less the exchange's answers): p50 {mine:.1f} ms, p95 {_p95(own):.1f} ms  "
+          f"target p50 < 50 ms: {'OK' if mine < 50 else 'MISSED'}")
+
+
+def _p95(xs: list[float]) -> float:
+    return sorted(xs)[max(int(0.95 * len(xs)) - 1, 0)]
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import shutil
 import sys
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent import gcpolicy
 from agent.backtest import BacktestError, BacktestSpec, build_model, make_spec, run_backtest
 from agent.backtest_report import build_report, report_json, report_text
 from agent.config import Settings
@@ -133,15 +133,11 @@ async def run(settings: Settings, spec: BacktestSpec, out_dir: Path, *, progress
             p.unlink(missing_ok=True)  # a run's database holds that run only
         return BotDriver(backtest_settings(book_settings, db), exchange, db, llm_client)
 
-    # A run allocates millions of short-lived objects (a book of ~700 entries an hour); the
-    # collector's full passes would walk everything loaded so far (libraries, the market model)
-    # each time. Frozen, those are left out: the same collections, over the run's own objects.
-    gc.collect()
-    gc.freeze()
+    gc_before = gcpolicy.settle()  # what the bot does after its first tick (see agent.gcpolicy)
     try:
         result = await run_backtest(spec, settings, model, driver, progress=progress)
     finally:
-        gc.unfreeze()
+        gcpolicy.unsettle(gc_before)
     return result, build_report(result)
 
 

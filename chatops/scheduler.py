@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from agent import gcpolicy
+
 from .app import Bot
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class BotRunner:
         self._watchdog_said: str | None = None
         self._running: set[asyncio.Task] = set()
         self.lost_lease = False
+        self._gc_before: tuple[int, int, int] | None = None  # set once the first tick settled the heap
 
     async def _job(self, coro_fn) -> None:
         """Run one job as a tracked task, so a stop can wait for it."""
@@ -77,6 +80,8 @@ class BotRunner:
     async def tick_job(self, coin: str | None = None) -> None:
         coin = coin or self.bot.underlyings[0]
         await self._job(lambda: self.bot.tick(coin))
+        if self._gc_before is None:  # everything the bot keeps is loaded now (see agent.gcpolicy)
+            self._gc_before = gcpolicy.settle()
         if self.max_ticks is not None and self.bot.ticks_by[coin] >= self.max_ticks:
             self.scheduler.pause_job(self.job_id(coin))
 
@@ -171,3 +176,6 @@ class BotRunner:
             for t in pending:
                 t.cancel()
         await self.bot.core.drain()
+        if self._gc_before is not None:
+            gcpolicy.unsettle(self._gc_before)
+            self._gc_before = None

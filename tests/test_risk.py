@@ -69,6 +69,22 @@ def test_stale_state_is_blocked():
     assert not r.allowed and "s old" in r.reasons[0]
 
 
+def test_state_age_is_wall_time_under_paper_speed():
+    """At PAPER_SPEED 3600 a state read one wall second ago is an hour old in market time: still
+    fresh (MAX_STATE_AGE_SEC counts the seconds since the bot read it); 40 wall seconds is stale."""
+    c = candidate()
+    fast = settings(paper_speed=3600.0, max_state_age_sec=30.0)
+    st = state(candidates=[c])
+    ok = check_action_allowed(st, open_(c), fast, now=NOW + timedelta(seconds=3600))
+    assert ok.allowed, ok.reasons
+    assert any("1.0 s of wall time at speed 3600" in x for x in ok.checks)
+    stale = check_action_allowed(st, open_(c), fast, now=NOW + timedelta(seconds=40 * 3600))
+    assert not stale.allowed and "40.0 s of wall time" in stale.reasons[0]
+    # Against a paper exchange elsewhere (its own wall clock) or Deribit, market time is wall time.
+    remote = settings(paper_speed=3600.0, max_state_age_sec=30.0, paper_exchange_url="http://127.0.0.1:9")
+    assert not check_action_allowed(st, open_(c), remote, now=NOW + timedelta(seconds=3600)).allowed
+
+
 def test_reducing_close_is_allowed_even_when_everything_is_over_the_limit():
     p = short_call(size=-0.5)
     a = Action(action=ActionType.CLOSE_COVERED_CALL, underlying="BTC", symbol=p.instrument_name, size=0.5)

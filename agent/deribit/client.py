@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import random
 import time
@@ -160,8 +161,17 @@ class _Token:
 @dataclass
 class _Cached:
     fetched_at: float
-    items: list[Instrument]
+    items: "InstrumentList"
     stale: bool = False
+
+
+class InstrumentList(list):  # list[Instrument]
+    """Instruments as fetched, and their index by name, built once per fetch: the cache hands out
+    the same list for an hour and every tick looks up thousands of names in it."""
+
+    @functools.cached_property
+    def by_name(self) -> dict[str, Instrument]:
+        return {i.instrument_name: i for i in self}
 
 
 _BODY_ONLY = frozenset({"public/auth"})  # methods whose params are secrets: never in a URL
@@ -379,7 +389,7 @@ class DeribitClient:
                 if age < INSTRUMENTS_MIN_INTERVAL_S or (age < self._instruments_ttl_s and not cached.stale):
                     return cached.items
             result = await self.call("public/get_instruments", {"currency": currency, "kind": kind, "expired": expired})
-            self._instruments[key] = _Cached(self._server_clock(), _parse_list(Instrument, result))
+            self._instruments[key] = _Cached(self._server_clock(), InstrumentList(_parse_list(Instrument, result)))
             return self._instruments[key].items
 
     def invalidate_instruments(self) -> None:
