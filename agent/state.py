@@ -115,12 +115,16 @@ def group_by_expiry(book: list[BookSummary], by_name: dict[str, Instrument],
     chain: Chain = {}
     found: dict[str, BookSummary] = {}
     unknown = 0
+    get = by_name.get
     for b in book:
-        inst = by_name.get(b.instrument_name)
+        inst = get(b.instrument_name)
         if inst is None:
             unknown += 1
             continue
-        chain.setdefault(inst.expiration_timestamp, []).append((inst, b))
+        pairs = chain.get(inst.expiration_timestamp)
+        if pairs is None:
+            pairs = chain[inst.expiration_timestamp] = []
+        pairs.append((inst, b))
         if wanted and b.instrument_name in wanted:
             found[b.instrument_name] = b
     return chain, found, unknown

@@ -86,8 +86,11 @@ def price_chain(expiries: list[tuple[int, tuple[float, ...], float, float, float
     put = call - (fwd - k) / fwd
     call_mark = np.round(np.maximum(call, 0.0), 8)
     put_mark = np.round(np.maximum(put, 0.0), 8)
-    cb, ca, cm = bid_ask_array(call_mark)
-    pb, pa, pm = bid_ask_array(put_mark)
+    # Calls and puts quoted in one pass (the numpy calls cost as much as the arithmetic here).
+    total = len(call_mark)
+    b_all, a_all, m_all = bid_ask_array(np.concatenate((call_mark, put_mark)))
+    cb, ca, cm = b_all[:total], a_all[:total], m_all[:total]
+    pb, pa, pm = b_all[total:], a_all[total:], m_all[total:]
     ivl, cml, pml = iv_pct.tolist(), call_mark.tolist(), put_mark.tolist()
     out: dict[int, ExpiryTable] = {}
     i = 0
