@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
 from .clock import Clock, WallClock, to_datetime
@@ -46,13 +47,12 @@ async def build_agent_state(
         )
     now_ms = clock.now_ms()
     by_name = instrument_index(instruments)
-    # The few book entries positions need, picked up on the one pass that groups the chain.
-    wanted = {p.instrument_name for p in positions}
-    chain, books, unknown = group_by_expiry(book, by_name, wanted)
-    if unknown:
+    books = {b.instrument_name: b for b in book}
+    if not books.keys() <= by_name.keys():
         client.invalidate_instruments()  # a new expiry was listed: refetch (the 10 s limit permitting)
+    chain = Chain(instruments, books)
     spot = index.index_price
-    near = _nearest_expiries(chain, now_ms, settings.target_dte or 7.0)
+    target_dte = settings.target_dte or 7.0
 
     candidates = select_candidates(chain, settings, now_ms)
     pos_values = []
@@ -69,7 +69,7 @@ async def build_agent_state(
         timestamp=to_datetime(now_ms),
         underlying=cur,
         spot=spot,
-        forward=_forward_near(near) or spot,
+        forward=_forward_near(_nearest_expiries(chain, now_ms, target_dte)) or spot,
         account=AccountState(
             currency=cur,
             equity=equity,
@@ -91,14 +91,14 @@ async def build_agent_state(
         candidates=tuple(candidates),
         roll_candidates=tuple(rolls),
         chain_size=len(book),
-        **_atm_iv(near, now_ms),
+        **_atm_iv(_nearest_expiries(chain, now_ms, target_dte), now_ms),
         history=history or PositionHistory(),
         requests=counter.requests,
         credits=counter.credits,
     )
 
 
-Chain = dict[int, list[tuple[Instrument, BookSummary]]]
+Pairs = list[tuple[Instrument, BookSummary]]
 
 
 def instrument_index(instruments: list[Instrument]) -> dict[str, Instrument]:
@@ -107,27 +107,37 @@ def instrument_index(instruments: list[Instrument]) -> dict[str, Instrument]:
     return index if index is not None else {i.instrument_name: i for i in instruments}
 
 
-def group_by_expiry(book: list[BookSummary], by_name: dict[str, Instrument],
-                    wanted: set[str] = frozenset()) -> tuple[Chain, dict[str, BookSummary], int]:  # type: ignore[assignment]
-    """The chain by expiry: (instrument, book entry) pairs in book order. One pass over the book;
-    each use after it reads only the expiries it needs (a DTE window holds a few of a dozen).
-    Also the entries named in `wanted`, and how many entries have no instrument (a new listing)."""
-    chain: Chain = {}
-    found: dict[str, BookSummary] = {}
-    unknown = 0
-    get = by_name.get
-    for b in book:
-        inst = get(b.instrument_name)
-        if inst is None:
-            unknown += 1
-            continue
-        pairs = chain.get(inst.expiration_timestamp)
-        if pairs is None:
-            pairs = chain[inst.expiration_timestamp] = []
-        pairs.append((inst, b))
-        if wanted and b.instrument_name in wanted:
-            found[b.instrument_name] = b
-    return chain, found, unknown
+def instruments_by_expiry(instruments: list[Instrument]) -> dict[int, list[Instrument]]:
+    """Instruments by expiry, in list order: the client's cached list carries it too."""
+    grouped = getattr(instruments, "by_expiry", None)
+    if grouped is None:
+        grouped = {}
+        for i in instruments:
+            grouped.setdefault(i.expiration_timestamp, []).append(i)
+    return grouped
+
+
+class Chain:
+    """The chain by expiry, each expiry's options paired with this tick's book entries when first
+    asked for: a tick reads a few expiries of a dozen (the DTE windows, the one nearest the
+    target), so the rest of a book of thousands is never walked in Python."""
+
+    def __init__(self, instruments: list[Instrument], books: dict[str, BookSummary]) -> None:
+        self._by_expiry = instruments_by_expiry(instruments)
+        self._books = books
+        self._pairs: dict[int, Pairs] = {}
+
+    def expiries(self) -> list[int]:
+        return list(self._by_expiry)
+
+    def pairs(self, expiry_ms: int) -> Pairs:
+        """(instrument, book entry) of the expiry's options that have a book entry."""
+        got = self._pairs.get(expiry_ms)
+        if got is None:
+            books = self._books
+            got = self._pairs[expiry_ms] = [(i, books[i.instrument_name]) for i in self._by_expiry.get(expiry_ms, ())
+                                            if i.instrument_name in books]
+        return got
 
 
 def select_candidates(chain: Chain, settings: Settings, now_ms: int, *, roll: bool = False) -> list[Candidate]:
@@ -144,8 +154,8 @@ def select_candidates(chain: Chain, settings: Settings, now_ms: int, *, roll: bo
         target_delta, target_dte = settings.target_delta, settings.target_dte
     found: list[tuple[tuple, dict]] = []
     max_spread, min_oi = settings.max_spread_pct, settings.min_open_interest
-    pairs = [p for exp_ms, ps in chain.items()
-             if min_dte <= (exp_ms - now_ms) / DAY_MS <= max_dte for p in ps]  # type: ignore[operator]
+    pairs = [p for exp_ms in chain.expiries()
+             if min_dte <= (exp_ms - now_ms) / DAY_MS <= max_dte for p in chain.pairs(exp_ms)]  # type: ignore[operator]
     for inst, b in pairs:
         if inst.option_type != "call" or not inst.is_active or inst.strike is None:
             continue
@@ -239,15 +249,15 @@ def _enrich_position(pid, p, inst: Instrument | None, b: BookSummary | None, spo
     )
 
 
-def _nearest_expiries(chain: Chain, now_ms: int, target_dte: float) -> list[list[tuple[Instrument, BookSummary]]]:
-    """The live expiries of the book, nearest `target_dte` first (ties: the earlier), as their
-    (instrument, book entry) pairs: _atm_iv and _forward_near read only the first one or two."""
-    live = [e for e in chain if e > now_ms]
+def _nearest_expiries(chain: Chain, now_ms: int, target_dte: float) -> Iterator[Pairs]:
+    """The live expiries' pairs, nearest `target_dte` first (ties: the earlier), paired as they
+    are read: _atm_iv and _forward_near stop at the first one or two."""
+    live = [e for e in chain.expiries() if e > now_ms]
     live.sort(key=lambda e: (round(abs((e - now_ms) / DAY_MS - target_dte), 6), e))
-    return [chain[e] for e in live]
+    return (chain.pairs(e) for e in live)
 
 
-def _atm_iv(near: list[list[tuple[Instrument, BookSummary]]], now_ms: int) -> dict:
+def _atm_iv(near: Iterable[Pairs], now_ms: int) -> dict:
     """The volatility the chain prices at: the call nearest the forward at the expiry nearest the
     target DTE (from the book already read: no request of its own)."""
     for pairs in near:
@@ -263,7 +273,7 @@ def _atm_iv(near: list[list[tuple[Instrument, BookSummary]]], now_ms: int) -> di
     return {}
 
 
-def _forward_near(near: list[list[tuple[Instrument, BookSummary]]]) -> float | None:
+def _forward_near(near: Iterable[Pairs]) -> float | None:
     """The forward (underlying_price) of the expiry nearest the target DTE."""
     for pairs in near:
         for _, b in pairs:
@@ -286,4 +296,4 @@ def parse_option_name(name: str) -> dict:
     }
 
 
-__all__ = ["build_agent_state", "group_by_expiry", "select_candidates", "candidate_score", "parse_option_name", "YEAR_SECONDS"]
+__all__ = ["build_agent_state", "Chain", "select_candidates", "candidate_score", "parse_option_name", "YEAR_SECONDS"]

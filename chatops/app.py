@@ -259,7 +259,8 @@ class Bot:
 
     async def _tick(self, coin: str) -> tuple[int | None, Decision | None]:
         settings = self.views[coin]
-        history = self.store.history_for_policy(settings.underlying, self.now())
+        # The realized vols only go into an LLM's prompt: with the rules alone they are not read.
+        history = self.store.history_for_policy(settings.underlying, self.now(), realized_vol=self.llm.drives)
         brain = await self.llm.tick_brain()  # None: the rules decide (rule mode, or the budget is spent)
         off = "daily token budget spent" if brain is None and self.llm.drives else None
         decision = await run_tick(self.exchange.client, settings, clock=self.exchange.clock, history=history,

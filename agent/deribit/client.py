@@ -166,12 +166,20 @@ class _Cached:
 
 
 class InstrumentList(list):  # list[Instrument]
-    """Instruments as fetched, and their index by name, built once per fetch: the cache hands out
-    the same list for an hour and every tick looks up thousands of names in it."""
+    """Instruments as fetched, with their index by name and their grouping by expiry, each built
+    once per fetch: the cache hands out the same list for an hour, and every tick reads it so.
+    Never changed after the fetch (a refetch makes a new list)."""
 
     @functools.cached_property
     def by_name(self) -> dict[str, Instrument]:
         return {i.instrument_name: i for i in self}
+
+    @functools.cached_property
+    def by_expiry(self) -> dict[int, list[Instrument]]:
+        grouped: dict[int, list[Instrument]] = {}
+        for i in self:
+            grouped.setdefault(i.expiration_timestamp, []).append(i)
+        return grouped
 
 
 _BODY_ONLY = frozenset({"public/auth"})  # methods whose params are secrets: never in a URL

@@ -60,11 +60,14 @@ def bid_ask_array(marks: np.ndarray) -> tuple[list[float | None], list[float], l
     ask = np.ceil(hi / t_hi - 1e-9) * t_hi
     no_bid = (marks < _NO_BID_BELOW) | (bid <= 0)
     ask = np.where(no_bid, np.maximum(ask, 1), ask)
-    bids = [None if nb else b / _PIPS_PER_COIN for nb, b in zip(no_bid.tolist(), bid.tolist())]
-    asks = [a / _PIPS_PER_COIN for a in ask.tolist()]
+    # The same IEEE divisions as one float at a time, done by numpy; None where there is no bid
+    # (object arrays: the masking without a Python loop).
+    bids = (bid / _PIPS_PER_COIN).astype(object)
+    bids[no_bid] = None
     # (bid + ask) / 2 rounded to 8 decimals is exactly (bid_pips + ask_pips) / 20000.
-    mids = [None if nb else (b + a) / (2 * _PIPS_PER_COIN) for nb, b, a in zip(no_bid.tolist(), bid.tolist(), ask.tolist())]
-    return bids, asks, mids
+    mids = ((bid + ask) / (2 * _PIPS_PER_COIN)).astype(object)
+    mids[no_bid] = None
+    return bids.tolist(), (ask / _PIPS_PER_COIN).tolist(), mids.tolist()
 
 
 def price_chain(expiries: list[tuple[int, tuple[float, ...], float, float, float]], skew: float,

@@ -82,11 +82,12 @@ class ReviewMixin:
                 return
 
     def history_for_policy(self, underlying: str, now: datetime | None = None,
-                           lookback: timedelta = HISTORY_LOOKBACK) -> PositionHistory:
+                           lookback: timedelta = HISTORY_LOOKBACK, *, realized_vol: bool = True) -> PositionHistory:
         """What the policy needs from the past (executed proposals in the `lookback` before `now`): the last action
         time per symbol (its symbol and roll_from), rolls per chain (a roll's new symbol inherits
         roll_from's count + 1; a close ends the chain), the last executions (newest first, one line
-        each, with what the exchange reported), and a one-line previous decision."""
+        each, with what the exchange reported), and a one-line previous decision. The realized
+        vols are for an LLM's prompt (the rules never read them): `realized_vol=False` skips them."""
         at_now = now or self._now()
         cutoff = iso(at_now)
         last_at: dict[str, datetime] = {}
@@ -120,7 +121,8 @@ class ReviewMixin:
             sym = f" {d['final_symbol']}" if d["final_symbol"] else ""
             previous = f"{parse_ts(d['ts']):%Y-%m-%d %H:%M}Z {d['final_action']}{sym} ({d['decision_source']}): {why}"
         return PositionHistory(last_action_at=last_at, roll_count=rolls, previous_decision=previous,
-                               recent_fills=tuple(reversed(fills[-3:])), **self._realized_vols(underlying, now),
+                               recent_fills=tuple(reversed(fills[-3:])),
+                               **(self._realized_vols(underlying, now) if realized_vol else {}),
                                rejections=self._recent_rejections(underlying, now or self._now()))
 
     def _recent_rejections(self, underlying: str, now: datetime, hours: float = 24.0) -> tuple[Rejection, ...]:
