@@ -36,6 +36,7 @@ from .models import Action, ActionType, Decision
 SYNTHETIC_START = datetime(2025, 1, 1, tzinfo=timezone.utc)  # a fixed default: the same run every time
 _INTERVAL = re.compile(r"^(\d+(?:\.\d+)?)([mhd])$")
 BRAINS = ("rule", "llm", "shadow")
+BACKTEST_TOKEN_TTL_S = 5 * 86_400.0  # within the 7-day refresh token: the client refreshes at 80 %
 
 
 class BacktestError(ValueError):
@@ -235,9 +236,10 @@ async def run_backtest(spec: BacktestSpec, settings: Settings, model: PricePath,
     clock = ManualClock(spec.start_ms)
     books: list[Book] = []
     for name, mode in book_modes(spec.brain):
+        # Tokens last 5 simulated days: 15-minute ones would be refreshed on every hourly tick.
         paper = PaperExchange(clock=clock, currency=spec.currency, state_path=None, seed=spec.seed,
                               initial_equity=spec.equity, models={spec.currency: model}, client_id=None,
-                              client_secret=None, currencies=(spec.currency,))
+                              client_secret=None, currencies=(spec.currency,), token_ttl_s=BACKTEST_TOKEN_TTL_S)
         # Instruments change once a day or when strikes are added (state.py refetches on a new
         # name), so the bot's client keeps them a day instead of an hour: the same instruments.
         client = InProcessClient(paper, instruments_ttl_s=86_400.0)
