@@ -5,15 +5,24 @@ cache, typed parsing, request counters, the error mapping) with one change: a ca
 to `PaperExchange.handle` in the same process instead of through HTTP and JSON. The exchange
 answers the same envelope it would put on the wire, so the agent sees the same values; only the
 encoding and decoding a year of ticks would spend is skipped.
+
+The book summary, the largest answer of every tick, comes as a `LazyBook`: every entry's name at
+once, each entry written by the exchange and validated into a `BookSummary` only when the agent
+reads it (a tick reads the few expiries its windows hold). What an entry holds is what the wire
+would have carried: the same dict, the same validation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .deribit.client import DeribitClient, RateLimiter
 from .deribit.errors import DeribitError, error_for
+from .deribit.paper_rpc import RpcError
+from .deribit.types import BookSummary
 
+_validate = BookSummary.__pydantic_validator__.validate_python  # what model_validate does, without its wrapper
 UNLIMITED = dict(ordinary_per_s=1e9, ordinary_burst=1e9, orders_per_s=1e9, orders_burst=1e9)
 
 
@@ -38,3 +47,58 @@ class InProcessClient(DeribitClient):
         if "result" not in envelope:
             raise DeribitError(None, "paper exchange answered without a result", None, method)
         return envelope["result"]
+
+    async def get_book_summary_by_currency(self, currency: str, kind: str = "option") -> Any:
+        method = "public/get_book_summary_by_currency"
+        credits = await self.limiter.acquire(method)
+        self._count(method, requests=1, credits=credits)
+        try:
+            view = self.exchange.book_view(currency, kind)
+        except RpcError as exc:
+            raise error_for(exc.code, exc.message, exc.data, method) from None
+        return view if isinstance(view, list) else LazyBook(view)
+
+
+class _Entries(Mapping):
+    """name -> BookSummary, validated on first read."""
+
+    def __init__(self, view: Any) -> None:
+        self._view = view
+        self._done: dict[str, BookSummary] = {}
+
+    def __getitem__(self, name: str) -> BookSummary:
+        got = self._done.get(name)
+        if got is None:
+            if name not in self._view.index:
+                raise KeyError(name)
+            got = self._done[name] = _validate(self._view.row(name))
+        return got
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._view.index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view.index)
+
+    def __len__(self) -> int:
+        return len(self._view.index)
+
+    def keys(self):  # the index's own view: set operations in C
+        return self._view.index.keys()
+
+
+class LazyBook:
+    """A book summary (a sequence of BookSummary, in the wire's order) whose entries are
+    validated when read; `by_name` is the mapping the agent looks them up in."""
+
+    def __init__(self, view: Any) -> None:
+        self.by_name = _Entries(view)
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    def __iter__(self) -> Iterator[BookSummary]:
+        return (self.by_name[n] for n in self.by_name)
+
+    def __getitem__(self, i: int) -> BookSummary:
+        return list(self)[i]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 
 from .clock import Clock, WallClock, to_datetime
@@ -47,7 +47,7 @@ async def build_agent_state(
         )
     now_ms = clock.now_ms()
     by_name = instrument_index(instruments)
-    books = {b.instrument_name: b for b in book}
+    books = book_index(book)
     if not books.keys() <= by_name.keys():
         client.invalidate_instruments()  # a new expiry was listed: refetch (the 10 s limit permitting)
     chain = Chain(instruments, books)
@@ -107,6 +107,13 @@ def instrument_index(instruments: list[Instrument]) -> dict[str, Instrument]:
     return index if index is not None else {i.instrument_name: i for i in instruments}
 
 
+def book_index(book: list[BookSummary]) -> Mapping[str, BookSummary]:
+    """Book entries by name: a book that carries its own index (the backtest's, validated as
+    read) gives it; a list is indexed here."""
+    index = getattr(book, "by_name", None)
+    return index if index is not None else {b.instrument_name: b for b in book}
+
+
 def instruments_by_expiry(instruments: list[Instrument]) -> dict[int, list[Instrument]]:
     """Instruments by expiry, in list order: the client's cached list carries it too."""
     grouped = getattr(instruments, "by_expiry", None)
@@ -118,11 +125,11 @@ def instruments_by_expiry(instruments: list[Instrument]) -> dict[int, list[Instr
 
 
 class Chain:
-    """The chain by expiry, each expiry's options paired with this tick's book entries when first
+    """The chain's calls by expiry, each expiry's paired with this tick's book entries when first
     asked for: a tick reads a few expiries of a dozen (the DTE windows, the one nearest the
     target), so the rest of a book of thousands is never walked in Python."""
 
-    def __init__(self, instruments: list[Instrument], books: dict[str, BookSummary]) -> None:
+    def __init__(self, instruments: list[Instrument], books: Mapping[str, BookSummary]) -> None:
         self._by_expiry = instruments_by_expiry(instruments)
         self._books = books
         self._pairs: dict[int, Pairs] = {}
@@ -131,12 +138,13 @@ class Chain:
         return list(self._by_expiry)
 
     def pairs(self, expiry_ms: int) -> Pairs:
-        """(instrument, book entry) of the expiry's options that have a book entry."""
+        """(instrument, book entry) of the expiry's calls that have a book entry (what is sold,
+        what sets the ATM vol and the forward; a put's entry is never read)."""
         got = self._pairs.get(expiry_ms)
         if got is None:
             books = self._books
             got = self._pairs[expiry_ms] = [(i, books[i.instrument_name]) for i in self._by_expiry.get(expiry_ms, ())
-                                            if i.instrument_name in books]
+                                            if i.option_type == "call" and i.instrument_name in books]
         return got
 
 

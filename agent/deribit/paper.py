@@ -25,6 +25,7 @@ from typing import Any
 
 from ..clock import Clock, WallClock
 from ..market.base import PricePath
+from .paper_book import BookView
 from .paper_market import (
     DEFAULT_SPOT,
     TICK_SIZE,
@@ -535,6 +536,17 @@ class PaperExchange(AccountMixin, OrdersMixin):
         if p["kind"] not in (None, "option"):
             return []
         return market.summaries(now, market.spot(now))
+
+    def book_view(self, currency: str, kind: str | None = "option") -> "BookView | list":
+        """`public/get_book_summary_by_currency` for a caller in this process (the backtest's
+        client): the same entries, each written when read (paper_book.BookView). Raises RpcError
+        as the call would."""
+        now = self.clock.now_ms()
+        self._catch_up(now)
+        market = self._market(currency)
+        if kind not in (None, "option"):
+            return []
+        return market.book_view(now, market.spot(now))
 
     def _ticker_wire(self, market: Market, spec: OptionSpec, now: int) -> dict[str, Any]:
         q = market.quote(spec, now)

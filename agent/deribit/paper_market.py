@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from ..market.base import PricePath
 from ..market.base import smile_iv as _smile_iv
 from ..pricing import call_price_coin
+from .paper_book import BookIndex, BookView, book_row
 from .paper_chain import ExpiryTable, price_chain
 
 from .paper_calendar import (  # noqa: F401  (re-exported: the market's public names)
@@ -279,6 +280,7 @@ class Market:
     _tables: tuple[tuple[int, int], dict[int, ExpiryTable]] | None = field(default=None, repr=False)
     _extended_at: tuple[int, int] | None = field(default=None, repr=False)
     _book_rows_cache: dict[int, tuple[list[OptionSpec], tuple[str, list]]] = field(default_factory=dict, repr=False)
+    _book_index: tuple[int, list[int], BookIndex] | None = field(default=None, repr=False)
 
     MAX_SETTLED = 60
 
@@ -425,18 +427,27 @@ class Market:
             mark, bid, ask = tab.put_mark[i], tab.put_bid[i], tab.put_ask[i]
         return Quote(mark, tab.iv_pct[i] / 100.0, tab.forward, spot, tab.t_years, bid, ask)
 
-    def _table(self, e: Expiry, now_ms: int, spot: float) -> ExpiryTable:
-        """An expiry's options priced at `now_ms`: the whole chain is priced at once and cached
-        for this instant and market version."""
+    def _table(self, e: Expiry, now_ms: int, spot: float, *, whole: bool = False) -> ExpiryTable:
+        """An expiry's options priced at `now_ms`, cached for this instant and market version.
+        With `whole`, every live expiry not priced yet is priced with it in one pass (the book
+        summary reads them all); else this one alone (an order's matching, an account's marks,
+        a backtest tick reading its DTE windows). Pricing is elementwise: the same figures
+        either way."""
         key = (now_ms, self.version * 1_000_003 + self.path.version)
         if self._tables is None or self._tables[0] != key:
+            self._tables = (key, {})
+        tabs = self._tables[1]
+        got = tabs.get(e.expiry_ms)
+        if got is None:
+            todo = [ms for ms in sorted(self.expiries) if ms not in tabs] if whole else [e.expiry_ms]
             live = []
-            for exp_ms in sorted(self.expiries):
+            for exp_ms in todo:
                 t = (exp_ms - now_ms) / YEAR_MS
                 if t > 0:
                     live.append((exp_ms, self.expiries[exp_ms].strikes, _forward(spot, t), t, self.path.atm_vol(now_ms, t)))
-            self._tables = (key, price_chain(live, self.path.skew, self.path.curvature))
-        return self._tables[1][e.expiry_ms]
+            tabs.update(price_chain(live, self.path.skew, self.path.curvature))
+            got = tabs[e.expiry_ms]
+        return got
 
     def greeks(self, spec: OptionSpec, q: Quote) -> dict[str, float]:
         """Black-76 greeks as Deribit shows them: delta N(d1) (minus 1 for puts), vega and theta in USD."""
@@ -467,21 +478,30 @@ class Market:
         for exp_ms in sorted(self.expiries):
             if exp_ms <= now_ms:
                 continue
-            tab = self._table(self.expiries[exp_ms], now_ms, spot)
-            fwd, iv, u_index, rows = tab.forward, tab.iv_pct, *self._book_rows(exp_ms)
-            # Calls then puts in one list each: an entry's j is its row in them, i its strike's.
-            mark, bid = tab.call_mark + tab.put_mark, tab.call_bid + tab.put_bid
-            ask, mid = tab.call_ask + tab.put_ask, tab.call_mid + tab.put_mid
-            out += [{
-                "instrument_name": name, "base_currency": cur, "quote_currency": cur,
-                "bid_price": bid[j], "ask_price": ask[j], "mid_price": mid[j], "mark_price": mark[j], "mark_iv": iv[i],
-                "underlying_price": fwd, "underlying_index": u_index, "estimated_delivery_price": index_price,
-                "interest_rate": 0.0, "open_interest": oi, "volume": vol, "creation_timestamp": now_ms,
-            } for name, i, j, oi, vol in rows]
+            tab = self._table(self.expiries[exp_ms], now_ms, spot, whole=True)
+            u_index, rows = self.book_rows(exp_ms)
+            out += [book_row(cur, name, tab, u_index, i, j, oi, vol, index_price, now_ms) for name, i, j, oi, vol in rows]
         self._summary_cache = (key, out)
         return out
 
-    def _book_rows(self, exp_ms: int) -> tuple[str, list[tuple[str, int, int, float, float]]]:
+    def book_view(self, now_ms: int, index_price: float) -> BookView:
+        """The same book at `now_ms`, each entry written only when read (paper_book.BookView)."""
+        return BookView(self, now_ms, index_price)
+
+    def book_index(self, now_ms: int) -> BookIndex:
+        """Every entry of the book at `now_ms` by name, in the book's order (cached per listing)."""
+        key = self.version
+        live = [e for e in sorted(self.expiries) if e > now_ms]
+        if self._book_index is not None and self._book_index[0] == key and self._book_index[1] == live[:1]:
+            return self._book_index[2]
+        index: BookIndex = {}
+        for exp_ms in live:
+            for name, i, j, oi, vol in self.book_rows(exp_ms)[1]:
+                index[name] = (exp_ms, i, j, oi, vol)
+        self._book_index = (key, live[:1], index)
+        return index
+
+    def book_rows(self, exp_ms: int) -> tuple[str, list[tuple[str, int, int, float, float]]]:
         """What the book summary needs of an expiry's options that does not move with the market:
         (underlying index, [(name, strike row i, row j among calls then puts, open interest, volume)]),
         cached per listing (the specs list is replaced when strikes are added)."""
