@@ -150,3 +150,26 @@ async def test_an_llm_server_echoing_the_key_leaves_it_nowhere(tmp_path):
     calls = subprocess.run([sys.executable, "-m", "chatops", "audit", "export", "llm_calls", "--format", "jsonl"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
     assert "Incorrect API key provided" in calls and REDACTED in calls
+
+
+def test_the_literal_precheck_never_skips_a_pattern_that_would_match():
+    """Each pattern runs only when its literal is in the text: the same result as running them all."""
+    from hypothesis import given, settings as hsettings, strategies as st
+
+    from chatops.redact import PATTERNS, Redactor, _keep_prefix
+
+    def all_patterns(text: str) -> str:
+        for p in PATTERNS:
+            text = p.sub(_keep_prefix, text)
+        return text
+
+    pieces = st.sampled_from(["xoxb-", "XOXB-", "xapp-", "sk-", "SK-", "123456789:", "Bearer ", "bearer\t", "https://u:",
+                              "@host", "client_secret=", "CLIENT_SECRET\": \"", "abcdefghijklmnopqrstuvwxyz0123456789_-",
+                              "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", " ", "{", "\"", ":", "/", "é"])
+
+    @hsettings(max_examples=400, deadline=None)
+    @given(st.lists(pieces, max_size=12).map("".join))
+    def check(text):
+        assert Redactor()(text) == all_patterns(text)
+
+    check()
