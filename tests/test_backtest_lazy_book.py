@@ -66,3 +66,15 @@ def test_a_bad_currency_is_the_same_error_as_on_the_wire():
         assert asyncio.run(client.get_book_summary_by_currency("BTC", kind="future")) == []
     finally:
         asyncio.run(client.aclose())
+
+
+def test_a_book_read_after_the_listing_changed_says_so():
+    ex, clock = _paper()
+    view = ex.book_view("BTC")
+    first = next(iter(view.names))
+    assert view.row(first)["instrument_name"] == first
+    market = ex.markets["BTC"]
+    ex.set_index(market.spot(clock.now_ms()) * 1.4)  # far from the grid's edge: strikes are added
+    market.extend_strikes(clock.now_ms())
+    with pytest.raises(RuntimeError, match="listing changed"):
+        view.row(first)

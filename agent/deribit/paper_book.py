@@ -48,6 +48,7 @@ class BookView:
         self._tabs: dict[int, tuple[ExpiryTable, str]] = {}
         self._market = market
         self._spot = spot
+        self._version = market.version  # the listing the index describes
 
     @property
     def names(self):
@@ -57,6 +58,9 @@ class BookView:
         return len(self.index)
 
     def row(self, name: str) -> dict[str, Any]:
+        if self._market.version != self._version:
+            # Strikes listed or an expiry gone since: the rows the index points at have moved.
+            raise RuntimeError("book view read after the market's listing changed: read the book again")
         exp_ms, i, j, oi, vol = self.index[name]
         got = self._tabs.get(exp_ms)
         if got is None:
