@@ -31,8 +31,16 @@ async def _set_up_a_short_call_and_a_roll_target(url: str):
         calls = [i for i in await c.get_instruments("BTC", "option") if i.option_type == "call"
                  and now_ms + 86_400_000 < i.expiration_timestamp < target.expiration_timestamp
                  and i.strike < target.strike]
-        source = max(calls, key=lambda i: (i.expiration_timestamp, i.strike))
-        t = await c.ticker(source.instrument_name)
+        # The latest, highest call whose buy-back can fill: its ask within MAX_SLIPPAGE_PCT of the
+        # mark (a cheap wing's one-tick spread is wider than that, and the close leg would time out
+        # by design). Which calls qualify moves with the wall clock; this choice does not.
+        slip = 1 + settings.max_slippage_pct / 100
+        for source in sorted(calls, key=lambda i: (i.expiration_timestamp, i.strike), reverse=True):
+            t = await c.ticker(source.instrument_name)
+            if t.best_bid_price and t.best_ask_price <= t.mark_price * slip:
+                break
+        else:
+            raise AssertionError("no call to roll from whose buy-back can fill")
         await c.sell(source.instrument_name, 0.1, t.best_bid_price, label="setup-short")
         t = await c.ticker(source.instrument_name)
         return source.instrument_name, t.best_ask_price, target.instrument_name, target.bid
