@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from .clock import Clock, WallClock, to_datetime
 from .config import Settings
-from .deribit.client import DeribitClient
+from .deribit.client import DeribitClient, InstrumentList
 from .deribit.types import BookSummary, Instrument
 from .models import AccountState, AgentState, Candidate, OptionPosition, PositionHistory, WorkingOrder
 from .policy import distance
@@ -46,13 +46,14 @@ async def build_agent_state(
             client.get_open_orders_by_currency(cur, "option"),
         )
     now_ms = clock.now_ms()
-    by_name = instrument_index(instruments)
+    listed = instruments if isinstance(instruments, InstrumentList) else InstrumentList(instruments)
+    by_name = listed.by_name
     books = book_index(book)
     if not books.keys() <= by_name.keys():
         client.invalidate_instruments()  # a new expiry was listed: refetch (the 10 s limit permitting)
-    chain = Chain(instruments, books)
+    chain = Chain(listed, books)
+    near = _nearest_expiries(chain, now_ms, settings.target_dte or 7.0)
     spot = index.index_price
-    target_dte = settings.target_dte or 7.0
 
     candidates = select_candidates(chain, settings, now_ms)
     pos_values = []
@@ -69,7 +70,7 @@ async def build_agent_state(
         timestamp=to_datetime(now_ms),
         underlying=cur,
         spot=spot,
-        forward=_forward_near(_nearest_expiries(chain, now_ms, target_dte)) or spot,
+        forward=_forward_near(chain, near) or spot,
         account=AccountState(
             currency=cur,
             equity=equity,
@@ -91,7 +92,7 @@ async def build_agent_state(
         candidates=tuple(candidates),
         roll_candidates=tuple(rolls),
         chain_size=len(book),
-        **_atm_iv(_nearest_expiries(chain, now_ms, target_dte), now_ms),
+        **_atm_iv(chain, near, now_ms),
         history=history or PositionHistory(),
         requests=counter.requests,
         credits=counter.credits,
@@ -101,12 +102,6 @@ async def build_agent_state(
 Pairs = list[tuple[Instrument, BookSummary]]
 
 
-def instrument_index(instruments: list[Instrument]) -> dict[str, Instrument]:
-    """Instruments by name: the client's cached list carries its index (built once per fetch)."""
-    index = getattr(instruments, "by_name", None)
-    return index if index is not None else {i.instrument_name: i for i in instruments}
-
-
 def book_index(book: list[BookSummary]) -> Mapping[str, BookSummary]:
     """Book entries by name: a book that carries its own index (the backtest's, validated as
     read) gives it; a list is indexed here."""
@@ -114,23 +109,13 @@ def book_index(book: list[BookSummary]) -> Mapping[str, BookSummary]:
     return index if index is not None else {b.instrument_name: b for b in book}
 
 
-def instruments_by_expiry(instruments: list[Instrument]) -> dict[int, list[Instrument]]:
-    """Instruments by expiry, in list order: the client's cached list carries it too."""
-    grouped = getattr(instruments, "by_expiry", None)
-    if grouped is None:
-        grouped = {}
-        for i in instruments:
-            grouped.setdefault(i.expiration_timestamp, []).append(i)
-    return grouped
-
-
 class Chain:
     """The chain's calls by expiry, each expiry's paired with this tick's book entries when first
     asked for: a tick reads a few expiries of a dozen (the DTE windows, the one nearest the
     target), so the rest of a book of thousands is never walked in Python."""
 
-    def __init__(self, instruments: list[Instrument], books: Mapping[str, BookSummary]) -> None:
-        self._by_expiry = instruments_by_expiry(instruments)
+    def __init__(self, instruments: InstrumentList, books: Mapping[str, BookSummary]) -> None:
+        self._by_expiry = instruments.by_expiry
         self._books = books
         self._pairs: dict[int, Pairs] = {}
 
@@ -165,7 +150,7 @@ def select_candidates(chain: Chain, settings: Settings, now_ms: int, *, roll: bo
     pairs = [p for exp_ms in chain.expiries()
              if min_dte <= (exp_ms - now_ms) / DAY_MS <= max_dte for p in chain.pairs(exp_ms)]  # type: ignore[operator]
     for inst, b in pairs:
-        if inst.option_type != "call" or not inst.is_active or inst.strike is None:
+        if not inst.is_active or inst.strike is None:  # pairs are calls only
             continue
         dte = (inst.expiration_timestamp - now_ms) / DAY_MS
         if not b.bid_price or not b.ask_price or not b.mark_iv or not b.underlying_price:
@@ -257,21 +242,21 @@ def _enrich_position(pid, p, inst: Instrument | None, b: BookSummary | None, spo
     )
 
 
-def _nearest_expiries(chain: Chain, now_ms: int, target_dte: float) -> Iterator[Pairs]:
-    """The live expiries' pairs, nearest `target_dte` first (ties: the earlier), paired as they
-    are read: _atm_iv and _forward_near stop at the first one or two."""
+def _nearest_expiries(chain: Chain, now_ms: int, target_dte: float) -> list[int]:
+    """The live expiries, nearest `target_dte` first (ties: the earlier): _atm_iv and
+    _forward_near pair only the first one or two of them with the book."""
     live = [e for e in chain.expiries() if e > now_ms]
     live.sort(key=lambda e: (round(abs((e - now_ms) / DAY_MS - target_dte), 6), e))
-    return (chain.pairs(e) for e in live)
+    return live
 
 
-def _atm_iv(near: Iterable[Pairs], now_ms: int) -> dict:
+def _atm_iv(chain: Chain, near: list[int], now_ms: int) -> dict:
     """The volatility the chain prices at: the call nearest the forward at the expiry nearest the
     target DTE (from the book already read: no request of its own)."""
-    for pairs in near:
+    for e in near:
         best: tuple[float, float, float] | None = None  # (strike gap %, iv, dte)
-        for inst, b in pairs:
-            if inst.option_type != "call" or not b.mark_iv or not b.underlying_price or inst.strike is None:
+        for inst, b in chain.pairs(e):
+            if not b.mark_iv or not b.underlying_price or inst.strike is None:
                 continue
             gap = abs(inst.strike / b.underlying_price - 1.0)
             if best is None or gap < best[0]:
@@ -281,10 +266,10 @@ def _atm_iv(near: Iterable[Pairs], now_ms: int) -> dict:
     return {}
 
 
-def _forward_near(near: Iterable[Pairs]) -> float | None:
+def _forward_near(chain: Chain, near: list[int]) -> float | None:
     """The forward (underlying_price) of the expiry nearest the target DTE."""
-    for pairs in near:
-        for _, b in pairs:
+    for e in near:
+        for _, b in chain.pairs(e):
             if b.underlying_price:
                 return b.underlying_price
     return None
